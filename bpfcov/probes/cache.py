@@ -1,0 +1,97 @@
+"""A per-object cache of probe indexes, so a second run on the same binary starts fast.
+
+Entries live under $XDG_CACHE_HOME/bpfcov (default ~/.cache/bpfcov), one .npz file each,
+keyed by the object's build-id (or, without one, its real path, size and mtime) plus the
+options that shape the index. numpy loads them with allow_pickle=False, so a planted file
+cannot run code; an entry that fails to load or whose recorded key differs is deleted and
+rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from bpfcov.errors import BpfcovError
+from bpfcov.probes.elf import ElfObject
+from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
+
+SCHEMA = 1
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bpfcov")
+
+
+def key_for(path: str, lines: bool, debug_dirs: tuple[str, ...]) -> str:
+    with ElfObject(path) as obj:
+        build_id = obj.build_id()
+    st = os.stat(path)
+    identity = f"build-id:{build_id}" if build_id else f"file:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+    text = json.dumps([SCHEMA, identity, lines, sorted(debug_dirs)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _entry_path(key: str) -> str:
+    return os.path.join(cache_dir(), key + ".npz")
+
+
+def _function_fields(f: Function) -> list:
+    return [f.name, f.display_name, f.address, f.offset, f.size, f.file, f.line, f.end_line,
+            list(f.aliases), f.probe.value, f.probe_offset, f.probe_note]
+
+
+def store(key: str, index: ObjectIndex) -> None:
+    meta = {
+        "key": key, "build_id": index.build_id, "warnings": index.warnings,
+        "debug_file": index.debug_file,
+        "functions": [_function_fields(f) for f in index.functions],
+        "line_files": index.lines.files if index.lines is not None else None,
+    }
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    if index.lines is not None:
+        for column in ("address", "offset", "file", "line", "function"):
+            arrays[column] = getattr(index.lines, column)
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, _entry_path(key))
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+
+
+def load(key: str) -> ObjectIndex | None:
+    path = _entry_path(key)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            if meta.get("key") != key:
+                raise ValueError("key mismatch")
+            functions = [
+                Function(name, display, address, offset, size, file, line, end_line, tuple(aliases),
+                         ProbeStatus(probe), probe_offset, note)
+                for name, display, address, offset, size, file, line, end_line, aliases, probe,
+                probe_offset, note in meta["functions"]
+            ]
+            lines = None
+            if meta["line_files"] is not None:
+                lines = LineTable(meta["line_files"], data["address"], data["offset"], data["file"],
+                                  data["line"], data["function"])
+                if not len(lines.address) == len(lines.offset) == len(lines.file) == len(lines.line):
+                    raise ValueError("ragged line columns")
+        return ObjectIndex("", meta["build_id"], functions, lines, meta["warnings"], meta["debug_file"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, BpfcovError, Exception):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return None
