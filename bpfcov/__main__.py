@@ -1,0 +1,5 @@
+import sys
+
+from bpfcov.cli import main
+
+sys.exit(main())

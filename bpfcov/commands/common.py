@@ -1,0 +1,153 @@
+"""Options and steps shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bpfcov.data import store
+from bpfcov.data.model import RunCoverage
+from bpfcov.errors import BpfcovError, UsageError
+from bpfcov.report.pipeline import ReportOptions, build_report
+from bpfcov.report.writers import DEFAULT_FORMATS, parse_formats, write_reports
+
+
+class Command:
+    """A subcommand: its help is its docstring's first line, its description the rest."""
+
+    name = ""
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        raise NotImplementedError
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
+def percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100: {text}")
+    return value
+
+
+def path_map(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old:
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    return old, new
+
+
+def add_report_options(parser: argparse.ArgumentParser, with_output: bool = True) -> None:
+    group = parser.add_argument_group("reports")
+    if with_output:
+        group.add_argument("-o", "--output", metavar="OUT", default="bpfcov-out",
+                           help="folder for bpfcov.db and the reports (default: ./bpfcov-out)")
+    group.add_argument("--format", default=",".join(DEFAULT_FORMATS),
+                       help="reports to write, comma-separated: lcov, html, json, cobertura "
+                            "(default: lcov,html,json)")
+    group.add_argument("--lcov-format", type=int, choices=(1, 2), default=1,
+                       help="2 adds function end lines to FN records (lcov 2.x reads them; 1.16 does not)")
+    group.add_argument("--path-map", type=path_map, action="append", default=[], metavar="OLD=NEW",
+                       help="rewrite source paths starting with OLD to start with NEW (repeatable)")
+    group.add_argument("--relative-to", metavar="DIR", help="write source paths relative to DIR")
+    group.add_argument("--source-root", metavar="DIR",
+                       help="read source files only from under DIR for the HTML pages (default: the current folder)")
+    group.add_argument("--fail-under", type=percent, metavar="PCT",
+                       help="exit with status 2 when function coverage (line coverage with --lines) is below PCT")
+
+
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tracing")
+    group.add_argument("--mode", choices=("hit", "count"), default="hit",
+                       help="hit (default): probes leave after the first hit, near-zero cost, counts are lower "
+                            "bounds; count: every call counted, costs a trap per call")
+    group.add_argument("--lines", action="store_true", help="probe every source line (DWARF line table) too")
+    group.add_argument("--object", action="append", default=[], metavar="PATH",
+                       help="also trace this ELF object, executable or shared library (repeatable)")
+    group.add_argument("--include", action="append", default=[], metavar="REGEX",
+                       help="trace only functions whose name matches (repeatable)")
+    group.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                       help="do not trace functions whose name matches (repeatable)")
+    group.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
+                       help="also look for separate debug files under DIR")
+    group.add_argument("--interval", type=positive_float, metavar="S",
+                       help="write a snapshot of bpfcov.db every S seconds")
+    group.add_argument("--quiet", "-q", action="store_true", help="no messages, only errors")
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before attaching anything if the output folder cannot be written."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise BpfcovError(f"output folder {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BpfcovError(f"output folder {path} is not writable")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise BpfcovError(f"cannot create output folder {path}: {e.strerror}") from None
+
+
+def report_options(args) -> ReportOptions:
+    return ReportOptions(path_maps=list(args.path_map), relative_to=args.relative_to)
+
+
+def write_all(run: RunCoverage, args, data_file: str | None, quiet: bool) -> int:
+    """Write the data file (if asked) and the reports; print the summary; apply --fail-under."""
+    out = args.output
+    formats = parse_formats(args.format)
+    if data_file:
+        try:
+            store.write(data_file, run)
+        except OSError as e:
+            raise BpfcovError(f"cannot write {data_file}: {e.strerror}") from None
+    report = build_report(run, report_options(args))
+    written = write_reports(report, out, formats, args.source_root, args.lcov_format)
+    t = report.totals
+    if not quiet:
+        unhit = t.functions_measured - t.functions_hit
+        summary = (f"{t.functions_hit:,} of {t.functions_measured:,} functions executed "
+                   f"({t.function_percent:.1f}%), {unhit:,} never executed ({t.dead_bytes:,} bytes)")
+        if t.functions_unmeasured:
+            summary += f", {t.functions_unmeasured:,} unmeasured"
+        if run.lines:
+            summary += f"; {t.lines_hit:,} of {t.lines:,} lines ({t.line_percent:.1f}%)"
+        if run.mode == "hit":
+            summary += "; hit mode: counts are lower bounds"
+        print(f"bpfcov: {summary}", file=sys.stderr)
+        for path in ([data_file] if data_file else []) + written:
+            print(f"bpfcov: wrote {path}", file=sys.stderr)
+    if args.fail_under is not None:
+        achieved = t.line_percent if run.lines else t.function_percent
+        if achieved < args.fail_under:
+            print(f"bpfcov: coverage {achieved:.2f}% is below --fail-under {args.fail_under:g}%", file=sys.stderr)
+            return 2
+    return 0
+
+
+def validate_formats(args) -> None:
+    parse_formats(args.format)
+
+
+def reject(message: str) -> None:
+    raise UsageError(message)

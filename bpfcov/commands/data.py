@@ -1,0 +1,79 @@
+"""report, merge and diff: the subcommands that work from data files alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from bpfcov.commands.common import Command, add_report_options, check_output_dir, validate_formats, write_all
+from bpfcov.data import store
+from bpfcov.data.merge import diff, merge
+
+
+class ReportCommand(Command):
+    """Write reports again from one or more data files (several are merged first).
+
+    Example: bpfcov report out/bpfcov.db -o out --format lcov,cobertura --relative-to $PWD
+    """
+
+    name = "report"
+
+    def prepare_parser(self, parser) -> None:
+        parser.add_argument("data", nargs="+", metavar="DATA", help="bpfcov.db files")
+        add_report_options(parser)
+
+    def run(self, args) -> int:
+        validate_formats(args)
+        runs = [store.read(p) for p in args.data]
+        check_output_dir(args.output)
+        run = runs[0] if len(runs) == 1 else merge(runs)
+        return write_all(run, args, None, False)
+
+
+class MergeCommand(Command):
+    """Sum the counts of several data files into one (same binaries matched by build-id).
+
+    Example: bpfcov merge host1.db host2.db -o all.db
+    """
+
+    name = "merge"
+
+    def prepare_parser(self, parser) -> None:
+        parser.add_argument("data", nargs="+", metavar="DATA", help="bpfcov.db files")
+        parser.add_argument("-o", "--output", required=True, metavar="MERGED.db", help="the data file to write")
+
+    def run(self, args) -> int:
+        runs = [store.read(p) for p in args.data]
+        check_output_dir(os.path.dirname(os.path.abspath(args.output)))
+        merged = merge(runs)
+        store.write(args.output, merged)
+        print(f"bpfcov: merged {len(runs)} data files into {args.output}", file=sys.stderr)
+        return 0
+
+
+class DiffCommand(Command):
+    """Show functions newly executed, and no longer executed, between two data files."""
+
+    name = "diff"
+
+    def prepare_parser(self, parser) -> None:
+        parser.add_argument("old", metavar="OLD.db")
+        parser.add_argument("new", metavar="NEW.db")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    def run(self, args) -> int:
+        result = diff(store.read(args.old), store.read(args.new))
+        if args.json:
+            def rows(changes):
+                return [{"object": c.object_path, "name": c.name, "display_name": c.display_name} for c in changes]
+            json.dump({"newly_executed": rows(result.newly_executed),
+                       "no_longer_executed": rows(result.no_longer_executed)}, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            return 0
+        for title, changes, mark in (("newly executed", result.newly_executed, "+"),
+                                     ("no longer executed", result.no_longer_executed, "-")):
+            print(f"{len(changes)} functions {title}")
+            for c in changes:
+                print(f"  {mark} {c.display_name}  ({os.path.basename(c.object_path)})")
+        return 0

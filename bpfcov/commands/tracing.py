@@ -1,0 +1,122 @@
+"""run, attach and watch: the three subcommands that trace."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from bpfcov.commands.common import (Command, add_report_options, add_trace_options, check_output_dir,
+                                    positive_float, validate_formats, write_all)
+from bpfcov.data import store
+from bpfcov.engine.session import TraceOptions
+from bpfcov.engine.targets import trace_command, trace_paths, trace_pid
+from bpfcov.errors import BpfcovError, UsageError
+
+
+def _options(args) -> TraceOptions:
+    return TraceOptions(mode=args.mode, lines=args.lines, include=args.include, exclude=args.exclude,
+                        debug_dirs=tuple(args.debug_dir), quiet=args.quiet)
+
+
+def _prepare(args) -> str:
+    validate_formats(args)
+    check_output_dir(args.output)
+    return os.path.join(args.output, "bpfcov.db")
+
+
+def _snapshot_writer(data_file: str):
+    def write_snapshot(run) -> None:
+        try:
+            store.write(data_file, run)
+        except OSError as e:
+            print(f"bpfcov: warning: snapshot not written: {e.strerror}", file=sys.stderr)
+    return write_snapshot
+
+
+class RunCommand(Command):
+    """Run a command and cover it and every process it starts, from its first instruction.
+
+    The command's own exit status (or signal) is bpfcov's. Example:
+      bpfcov run -o out -- ./myprog --flag input.txt
+    """
+
+    name = "run"
+
+    def prepare_parser(self, parser) -> None:
+        add_trace_options(parser)
+        parser.add_argument("--libs", action="store_true",
+                            help="also trace the shared libraries the command maps, including dlopen()ed ones")
+        parser.add_argument("--duration", type=positive_float, metavar="S",
+                            help="stop tracing after S seconds (the command keeps running)")
+        add_report_options(parser)
+        parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                            help="the command to run, after --")
+
+    def run(self, args) -> int:
+        if args.command and args.command[0] == "--":
+            args.command = args.command[1:]
+        if not args.command:
+            raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
+        data_file = _prepare(args)
+        run, ending = trace_command(args.command, _options(args), args.object, args.libs, args.duration,
+                                    args.interval, _snapshot_writer(data_file))
+        status = write_all(run, args, data_file, args.quiet) if run is not None else 1
+        if ending.signal is not None:
+            if not args.quiet:
+                print(f"bpfcov: {args.command[0]} was killed by signal {ending.signal}", file=sys.stderr)
+            # Pass the signal on exactly, as a shell would see it.
+            signal.signal(ending.signal, signal.SIG_DFL)
+            os.kill(os.getpid(), ending.signal)
+            return 128 + ending.signal
+        if ending.exit_status:
+            return ending.exit_status
+        return status
+
+
+class AttachCommand(Command):
+    """Cover a running process from now on, until Ctrl-C, --duration, or its exit.
+
+    Example: bpfcov attach --pid 1234 --libs --duration 60 -o out
+    """
+
+    name = "attach"
+
+    def prepare_parser(self, parser) -> None:
+        parser.add_argument("--pid", type=int, required=True, help="the process to cover")
+        parser.add_argument("--libs", action="store_true", help="also trace the shared libraries it maps")
+        parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+        add_trace_options(parser)
+        add_report_options(parser)
+
+    def run(self, args) -> int:
+        data_file = _prepare(args)
+        run = trace_pid(args.pid, _options(args), args.object, args.libs, args.duration, args.interval,
+                        _snapshot_writer(data_file))
+        if run is None:
+            raise BpfcovError("tracing did not start")
+        return write_all(run, args, data_file, args.quiet)
+
+
+class WatchCommand(Command):
+    """Cover every process on this host that runs or maps PATH, now or later (production mode).
+
+    Example: bpfcov watch /usr/local/bin/server --duration 3600 -o out
+    """
+
+    name = "watch"
+
+    def prepare_parser(self, parser) -> None:
+        parser.add_argument("paths", nargs="+", metavar="PATH", help="ELF executables or libraries to watch")
+        parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+        add_trace_options(parser)
+        add_report_options(parser)
+
+    def run(self, args) -> int:
+        data_file = _prepare(args)
+        run = trace_paths(list(args.paths) + list(args.object), _options(args), args.duration, args.interval,
+                          _snapshot_writer(data_file))
+        if run is None:
+            raise BpfcovError("tracing did not start")
+        return write_all(run, args, data_file, args.quiet)

@@ -1,0 +1,92 @@
+"""Combining and comparing runs: `bpfcov merge` and `bpfcov diff`.
+
+Objects are matched by build-id (the same binary from many hosts or paths), or by path when
+a binary has none; functions by mangled name; line probes by address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.errors import BpfcovError
+
+
+def object_key(obj: ObjectCoverage) -> str:
+    return f"build-id:{obj.index.build_id}" if obj.index.build_id else f"path:{obj.index.path}"
+
+
+def merge(runs: list[RunCoverage]) -> RunCoverage:
+    """One run whose counts are the sums of `runs`. Hit-mode counts make a hit-mode result."""
+    if not runs:
+        raise BpfcovError("nothing to merge")
+    lines = all(r.lines for r in runs)
+    merged = RunCoverage(
+        mode="count" if all(r.mode == "count" for r in runs) else "hit",
+        command=[word for r in runs for word in (r.command if len(runs) == 1 else ["[", *r.command, "]"])],
+        started=min(r.started for r in runs),
+        ended=max((r.ended for r in runs if r.ended is not None), default=None),
+        host=",".join(sorted({r.host for r in runs})), kernel=",".join(sorted({r.kernel for r in runs})),
+        lines=lines, complete=all(r.complete for r in runs), bpfcov_version=runs[0].bpfcov_version)
+    by_key: dict[str, ObjectCoverage] = {}
+    for run in runs:
+        for obj in run.objects:
+            key = object_key(obj)
+            if key not in by_key:
+                by_key[key] = ObjectCoverage(obj.index, obj.function_counts.copy(),
+                                             obj.line_counts.copy() if lines and obj.line_counts is not None else None)
+                if not lines:
+                    by_key[key].index.lines = None
+                merged.objects.append(by_key[key])
+                continue
+            target = by_key[key]
+            position = {f.name: i for i, f in enumerate(target.index.functions)}
+            for i, f in enumerate(obj.index.functions):
+                j = position.get(f.name)
+                if j is None:
+                    raise BpfcovError(f"{obj.index.path}: function {f.name} is missing from another run of "
+                                      "the same build-id; the data files disagree")
+                target.function_counts[j] += obj.function_counts[i]
+            if lines and target.line_counts is not None and obj.line_counts is not None:
+                where = np.searchsorted(target.index.lines.address, obj.index.lines.address)
+                if len(where) and (where.max() >= len(target.index.lines.address) or
+                                   not np.array_equal(target.index.lines.address[where], obj.index.lines.address)):
+                    raise BpfcovError(f"{obj.index.path}: line probes differ between runs of the same build-id")
+                np.add.at(target.line_counts, where, obj.line_counts)
+    return merged
+
+
+@dataclass
+class Change:
+    object_path: str
+    name: str
+    display_name: str
+
+
+@dataclass
+class Diff:
+    newly_executed: list[Change]
+    no_longer_executed: list[Change]
+
+
+def diff(old: RunCoverage, new: RunCoverage) -> Diff:
+    def executed(run: RunCoverage) -> dict[tuple[str, str], Change]:
+        out = {}
+        for obj in run.objects:
+            key = object_key(obj)
+            for i, f in enumerate(obj.index.functions):
+                if obj.function_status(i) == "hit":
+                    out[(key, f.name)] = Change(obj.index.path, f.name, f.display_name)
+        return out
+
+    def measured(run: RunCoverage) -> set[tuple[str, str]]:
+        return {(object_key(o), f.name) for o in run.objects for f in o.index.functions if f.measured}
+
+    before, after = executed(old), executed(new)
+    # Only functions both runs could see are compared: one missing from a run is unknown.
+    both = measured(old) & measured(new)
+    newly = [after[k] for k in sorted(after.keys() - before.keys()) if k in both]
+    gone = [before[k] for k in sorted(before.keys() - after.keys()) if k in both]
+    return Diff(newly, gone)

@@ -1,0 +1,150 @@
+"""The data file, OUT/bpfcov.db: one run's coverage in SQLite.
+
+Contract:
+- A file is written whole to a temporary name beside it and renamed over the old one, so
+  a reader sees the previous snapshot or the new one, never half of either, whatever
+  happens to the writer (a crash, a full disk, SIGKILL).
+- `meta` holds `format` = "bpfcov" and `schema`; a file without them is not ours and is
+  refused with a one-line error, as is a corrupt one.
+- Counts are stored per function and per line-probe, with everything the reports need to
+  run without the binary (names, sizes, source locations, probe status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+
+import numpy as np
+
+from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.errors import BpfcovError
+from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
+
+FORMAT = "bpfcov"
+SCHEMA = 1
+
+_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE objects (id INTEGER PRIMARY KEY, path TEXT NOT NULL, build_id TEXT,
+                      debug_file TEXT, warnings TEXT NOT NULL);
+CREATE TABLE functions (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
+                        display_name TEXT NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
+                        size INTEGER NOT NULL, file TEXT, line INTEGER, end_line INTEGER,
+                        aliases TEXT NOT NULL, probe TEXT NOT NULL, probe_offset INTEGER,
+                        probe_note TEXT NOT NULL, count INTEGER NOT NULL,
+                        PRIMARY KEY (object_id, idx));
+CREATE TABLE line_files (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL,
+                         PRIMARY KEY (object_id, idx));
+CREATE TABLE lines (object_id INTEGER NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
+                    file INTEGER NOT NULL, line INTEGER NOT NULL, function INTEGER NOT NULL,
+                    count INTEGER NOT NULL);
+"""
+
+
+def write(path: str, run: RunCoverage) -> None:
+    """Write `run` to `path` atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bpfcov-", suffix=".db.tmp")
+    os.close(fd)
+    try:
+        db = sqlite3.connect(tmp)
+        try:
+            db.executescript(_DDL)
+            _insert(db, run)
+            db.commit()
+        finally:
+            db.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
+    meta = {
+        "format": FORMAT, "schema": str(SCHEMA), "mode": run.mode, "command": json.dumps(run.command),
+        "started": repr(run.started), "ended": "" if run.ended is None else repr(run.ended),
+        "host": run.host, "kernel": run.kernel, "lines": "1" if run.lines else "0",
+        "complete": "1" if run.complete else "0", "bpfcov_version": run.bpfcov_version,
+    }
+    db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    for object_id, obj in enumerate(run.objects):
+        ix = obj.index
+        db.execute("INSERT INTO objects VALUES (?, ?, ?, ?, ?)",
+                   (object_id, ix.path, ix.build_id, ix.debug_file, json.dumps(ix.warnings)))
+        db.executemany(
+            "INSERT INTO functions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ((object_id, i, f.name, f.display_name, f.address, f.offset, f.size, f.file, f.line, f.end_line,
+              json.dumps(list(f.aliases)), f.probe.value, f.probe_offset, f.probe_note, int(c))
+             for i, (f, c) in enumerate(zip(ix.functions, obj.function_counts.tolist()))))
+        if ix.lines is not None:
+            t = ix.lines
+            db.executemany("INSERT INTO line_files VALUES (?, ?, ?)",
+                           ((object_id, i, p) for i, p in enumerate(t.files)))
+            counts = obj.line_counts if obj.line_counts is not None else np.zeros(len(t), dtype=np.int64)
+            db.executemany("INSERT INTO lines VALUES (?,?,?,?,?,?,?)",
+                           zip([object_id] * len(t), t.address.tolist(), t.offset.tolist(), t.file.tolist(),
+                               t.line.tolist(), t.function.tolist(), counts.tolist()))
+
+
+def read(path: str) -> RunCoverage:
+    """Read a data file; a missing, foreign or corrupt file raises BpfcovError."""
+    if not os.path.isfile(path):
+        raise BpfcovError(f"{path}: no such data file")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return _load(db)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise BpfcovError(f"{path}: not a bpfcov data file ({e})") from None
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        raise BpfcovError(f"{path}: corrupt bpfcov data file ({type(e).__name__}: {e})") from None
+
+
+def _load(db: sqlite3.Connection) -> RunCoverage:
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.OperationalError:
+        raise sqlite3.DatabaseError("no bpfcov metadata") from None
+    if meta.get("format") != FORMAT:
+        raise sqlite3.DatabaseError("no bpfcov metadata")
+    if int(meta["schema"]) > SCHEMA:
+        raise ValueError(f"written by a newer bpfcov (schema {meta['schema']})")
+    run = RunCoverage(
+        mode=meta["mode"], command=json.loads(meta["command"]), started=float(meta["started"]),
+        ended=float(meta["ended"]) if meta["ended"] else None, host=meta["host"], kernel=meta["kernel"],
+        lines=meta["lines"] == "1", complete=meta["complete"] == "1", bpfcov_version=meta["bpfcov_version"])
+    for object_id, path, build_id, debug_file, warnings in db.execute(
+            "SELECT id, path, build_id, debug_file, warnings FROM objects ORDER BY id"):
+        functions, counts = [], []
+        for (name, display, address, offset, size, file, line, end_line, aliases, probe, probe_offset,
+             note, count) in db.execute(
+                "SELECT name, display_name, address, offset, size, file, line, end_line, aliases, probe, "
+                "probe_offset, probe_note, count FROM functions WHERE object_id = ? ORDER BY idx", (object_id,)):
+            functions.append(Function(name, display, address, offset, size, file, line, end_line,
+                                      tuple(json.loads(aliases)), ProbeStatus(probe), probe_offset, note))
+            counts.append(count)
+        lines, line_counts = None, None
+        if run.lines:
+            files = [p for (p,) in db.execute(
+                "SELECT path FROM line_files WHERE object_id = ? ORDER BY idx", (object_id,))]
+            rows = db.execute("SELECT address, offset, file, line, function, count FROM lines "
+                              "WHERE object_id = ? ORDER BY address", (object_id,)).fetchall()
+            cols = list(zip(*rows)) if rows else [[]] * 6
+            lines = LineTable(files, np.array(cols[0], dtype=np.uint64), np.array(cols[1], dtype=np.uint64),
+                              np.array(cols[2], dtype=np.int32), np.array(cols[3], dtype=np.int32),
+                              np.array(cols[4], dtype=np.int32))
+            line_counts = np.array(cols[5], dtype=np.int64)
+        index = ObjectIndex(path, build_id, functions, lines, json.loads(warnings), debug_file)
+        run.objects.append(ObjectCoverage(index, np.array(counts, dtype=np.int64), line_counts))
+    return run

@@ -1,0 +1,64 @@
+"""What processes map: their executables and shared libraries, read from /proc."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from bpfcov.errors import BpfcovError
+
+_LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+
+
+def process_exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def executable_of(pid: int) -> str:
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except FileNotFoundError:
+        raise BpfcovError(f"no process with pid {pid}") from None
+    except PermissionError:
+        raise BpfcovError(f"cannot read /proc/{pid}/exe: permission denied (run as root)") from None
+    except OSError as e:
+        raise BpfcovError(f"cannot read /proc/{pid}/exe: {e.strerror} (a kernel thread?)") from None
+    if exe.endswith(" (deleted)"):
+        raise BpfcovError(f"process {pid} runs a deleted executable ({exe[:-10]}); it cannot be probed by path")
+    return exe
+
+
+def mapped_objects(pid: int) -> list[str]:
+    """Files mapped executable by `pid`, in the order they appear (executable first)."""
+    seen: list[str] = []
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 6 or "x" not in parts[1]:
+                    continue
+                path = parts[5].rstrip("\n")
+                if path.startswith("/") and not path.endswith(" (deleted)") and path not in seen:
+                    seen.append(path)
+    except OSError:
+        return []
+    return seen
+
+
+def linked_libraries(executable: str) -> list[str]:
+    """The shared libraries the dynamic loader would map for `executable`, resolved without
+    running it (ld.so --list), so they can be probed before the program's first instruction."""
+    try:
+        out = subprocess.run(["ldd", executable], capture_output=True, text=True, timeout=30,
+                             env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    except (OSError, subprocess.SubprocessError):
+        return []
+    libs = []
+    for line in out.stdout.splitlines():
+        m = _LDD_LINE.search(line)
+        if m and os.path.isfile(m.group(1)):
+            path = os.path.realpath(m.group(1))
+            if path not in libs:
+                libs.append(path)
+    return libs

@@ -1,0 +1,181 @@
+"""A tracing session: index the objects, load the program, attach, wait, collect.
+
+The three ways of choosing what is traced differ only in how the session starts and
+when it ends (see targets.py); everything here is shared by them:
+
+    session = Session(options, pid_filter, cgroup_id)
+    session.add_object(path)      # any number, before or after start()
+    session.start()
+    ... session.snapshot() ...    # periodic, for --interval
+    run = session.finish()        # detaches everything; always call, even on error
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bpfcov import __version__
+from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.engine.plan import ObjectPlan, function_filter, plan_object
+from bpfcov.engine.program import CounterProgram
+from bpfcov.engine.tracer import DEFAULT_SHARD_SIZE, Tracer
+from bpfcov.errors import BpfcovError
+from bpfcov.probes.index import index_object
+from bpfcov.probes.model import ObjectIndex
+
+
+@dataclass
+class TraceOptions:
+    mode: str = "hit"
+    lines: bool = False
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    debug_dirs: tuple[str, ...] = ()
+    quiet: bool = False
+    shard_size: int = DEFAULT_SHARD_SIZE
+    # Slots kept free for objects that appear during the run (dlopen, --libs).
+    spare_slots: int = 0
+
+
+def _filtered(index: ObjectIndex, wanted) -> ObjectIndex:
+    """The index without the functions --include/--exclude leave out (and their lines)."""
+    keep = [i for i, f in enumerate(index.functions) if wanted(f.name, f.display_name)]
+    if len(keep) == len(index.functions):
+        return index
+    functions = [index.functions[i] for i in keep]
+    lines = index.lines
+    if lines is not None and len(lines):
+        renumber = np.full(len(index.functions), -1, dtype=np.int32)
+        renumber[keep] = np.arange(len(keep), dtype=np.int32)
+        new_owner = renumber[lines.function]
+        rows = new_owner >= 0
+        lines = type(lines)(lines.files, lines.address[rows], lines.offset[rows], lines.file[rows],
+                            lines.line[rows], new_owner[rows])
+    return ObjectIndex(index.path, index.build_id, functions, lines, index.warnings, index.debug_file)
+
+
+def say(options: TraceOptions, message: str) -> None:
+    if not options.quiet:
+        print(f"bpfcov: {message}", file=sys.stderr, flush=True)
+
+
+class Session:
+    def __init__(self, options: TraceOptions, command: list[str], pid_filter: int = 0,
+                 cgroup_id: int | None = None):
+        self.options = options
+        self.command = command
+        self.pid_filter = pid_filter
+        self.cgroup_id = cgroup_id
+        self.plans: list[ObjectPlan] = []
+        self._pending: list[ObjectIndex] = []
+        self._paths: set[str] = set()
+        self._wanted = function_filter(options.include, options.exclude) \
+            if options.include or options.exclude else None
+        self.program: CounterProgram | None = None
+        self.tracer: Tracer | None = None
+        self.started = time.time()
+        self.ended: float | None = None
+        self.warnings: list[str] = []
+
+    # -- objects -----------------------------------------------------------------------
+    def index(self, path: str) -> ObjectIndex | None:
+        """Index an object once; later calls with the same file return None."""
+        real = os.path.realpath(path)
+        if real in self._paths:
+            return None
+        self._paths.add(real)
+        index = index_object(real, lines=self.options.lines, debug_dirs=self.options.debug_dirs,
+                             quiet=self.options.quiet)
+        for w in index.warnings:
+            say(self.options, f"warning: {w}")
+        if self._wanted is not None:
+            index = _filtered(index, self._wanted)
+        return index
+
+    def add_object(self, path: str) -> None:
+        """Probe the object at `path`: now if tracing has begun, else at start()."""
+        index = self.index(path)
+        if index is None:
+            return
+        if self.tracer is None:
+            self._pending.append(index)
+        else:
+            self._attach(index)
+
+    def _next_probe(self) -> int:
+        return self.plans[-1].first_probe + self.plans[-1].probe_count if self.plans else 0
+
+    def _attach(self, index: ObjectIndex) -> None:
+        plan = plan_object(index, self._next_probe())
+        if plan.first_probe + plan.probe_count > self.program.slots:
+            message = f"warning: no probe slots left for {index.path}; it is not traced"
+            self.warnings.append(message)
+            say(self.options, message)
+            return
+        if plan.probe_count:
+            self.tracer.add_object(index.path, plan.offsets, plan.first_probe)
+        self.plans.append(plan)
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the BPF program and attach every pending object."""
+        first = [plan_object(ix, 0) for ix in self._pending]
+        slots = sum(p.probe_count for p in first) + self.options.spare_slots
+        self.program = CounterProgram(slots, self.options.mode == "hit", self.cgroup_id)
+        self.tracer = Tracer(self.program, self.pid_filter, self.options.shard_size)
+        pending, self._pending = self._pending, []
+        for index in pending:
+            self._attach(index)
+        self.tracer.start()
+        functions = sum(int((p.function_probe >= 0).sum()) for p in self.plans)
+        lines = sum(len(p.index.lines) for p in self.plans if p.index.lines is not None)
+        what = f"{functions:,} functions" + (f" and {lines:,} lines" if self.options.lines else "")
+        n = len(self.plans)
+        say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''} ({self.options.mode} mode)...")
+        self.started = time.time()
+
+    def coverage(self, counts: np.ndarray, complete: bool) -> RunCoverage:
+        objects = []
+        for plan in self.plans:
+            fp = plan.function_probe
+            fcounts = np.where(fp >= 0, counts[np.maximum(fp, 0)].astype(np.int64), 0)
+            lcounts = None
+            if plan.line_probe is not None:
+                lp = plan.line_probe
+                lcounts = np.where(lp >= 0, counts[np.maximum(lp, 0)].astype(np.int64), 0) if len(lp) \
+                    else np.zeros(0, dtype=np.int64)
+            objects.append(ObjectCoverage(plan.index, fcounts, lcounts))
+        return RunCoverage(
+            mode=self.options.mode, command=list(self.command), started=self.started,
+            ended=self.ended if complete else time.time(), host=socket.gethostname(),
+            kernel=os.uname().release, lines=self.options.lines, objects=objects,
+            complete=complete, bpfcov_version=__version__)
+
+    def snapshot(self) -> RunCoverage:
+        """The counts so far, for a periodic snapshot; tracing goes on."""
+        if self.program is None:
+            raise BpfcovError("tracing has not started")
+        return self.coverage(self.program.snapshot(), complete=False)
+
+    def finish(self) -> RunCoverage | None:
+        """Detach every probe, release every kernel object, and return the final counts."""
+        self.ended = time.time()
+        counts = None
+        try:
+            if self.tracer is not None:
+                self.tracer.close()
+                for e in self.tracer.stats.errors[:3]:
+                    say(self.options, f"warning: {e}")
+        finally:
+            if self.program is not None:
+                counts = self.program.snapshot()
+                self.program.close()
+        if counts is None:
+            return None
+        return self.coverage(counts, complete=True)

@@ -1,0 +1,171 @@
+"""Keeping probes attached: the links of every probed object, in count or hit mode.
+
+Probes are numbered globally (a probe's number is its cookie and its slot in `counts`)
+and cut into shards: runs of one object's probes, each shard one uprobe_multi link.
+
+- count mode: every shard is linked once and left alone; every hit is counted.
+- hit mode: a probe that has fired is of no more use, and each further hit costs a trap
+  (~5 µs). The BPF program reports a probe's first hit through a ring buffer; a thread
+  here wakes on it and replaces each affected shard's link with one that leaves out every
+  probe already hit, new link first so that no probe has a gap. Closing the old link waits
+  for an RCU grace period (tens of ms), so a second thread does the closing, off the path
+  between a first hit and the new link.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bpfcov.engine.program import CounterProgram
+from bpfcov.engine.uprobe_multi import MAX_PROBES_PER_LINK, LinkError, create_link
+
+DEFAULT_SHARD_SIZE = 8192
+
+
+@dataclass
+class Shard:
+    path: str
+    offsets: np.ndarray    # file offsets, uint64
+    probes: np.ndarray     # global probe numbers (cookies), uint64
+    link_fd: int | None = None
+    remaining: int = 0
+
+
+@dataclass
+class TracerStats:
+    relinks: int = 0
+    relink_seconds: float = 0.0
+    links_created: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _LinkCloser(threading.Thread):
+    """Closes link fds in the background: each close waits out a grace period."""
+
+    def __init__(self):
+        super().__init__(name="bpfcov-link-closer", daemon=True)
+        self._queue: queue.Queue[int | None] = queue.Queue()
+
+    def close_later(self, fd: int) -> None:
+        self._queue.put(fd)
+
+    def run(self) -> None:
+        import os
+        while (fd := self._queue.get()) is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self.join()
+
+
+class Tracer:
+    def __init__(self, program: CounterProgram, pid: int = 0, shard_size: int = DEFAULT_SHARD_SIZE):
+        self.program = program
+        self.pid = pid
+        self.shard_size = min(shard_size, MAX_PROBES_PER_LINK)
+        self.shards: list[Shard] = []
+        self._shard_of = np.full(program.slots, -1, dtype=np.int32)
+        self._lock = threading.Lock()  # guards shards' links against the relinker
+        self._closer = _LinkCloser()
+        self._closer.start()
+        self._stop = threading.Event()
+        self._relinker: threading.Thread | None = None
+        self.stats = TracerStats()
+
+    # -- attaching ---------------------------------------------------------------------
+    def add_object(self, path: str, offsets: np.ndarray, first_probe: int) -> None:
+        """Attach probes at `offsets` of `path`, numbered from `first_probe` on."""
+        offsets = np.asarray(offsets, dtype=np.uint64)
+        probes = np.arange(first_probe, first_probe + len(offsets), dtype=np.uint64)
+        new = []
+        for start in range(0, len(offsets), self.shard_size):
+            shard = Shard(path, offsets[start:start + self.shard_size], probes[start:start + self.shard_size])
+            shard.remaining = len(shard.offsets)
+            new.append(shard)
+        with self._lock:
+            try:
+                for shard in new:
+                    shard.link_fd = create_link(self.program.prog_fd, path, shard.offsets, shard.probes, self.pid)
+                    self.stats.links_created += 1
+            except LinkError:
+                for shard in new:
+                    if shard.link_fd is not None:
+                        self._closer.close_later(shard.link_fd)
+                raise
+            for shard in new:
+                self._shard_of[shard.probes.astype(np.int64)] = len(self.shards)
+                self.shards.append(shard)
+
+    # -- hit mode ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.program.hit_mode and self._relinker is None:
+            self._relinker = threading.Thread(target=self._relink_loop, name="bpfcov-relinker", daemon=True)
+            self._relinker.start()
+
+    def _relink_loop(self) -> None:
+        import time
+        while not self._stop.is_set():
+            hits = self.program.wait_first_hits(100)
+            if not hits or self._stop.is_set():
+                continue
+            started = time.perf_counter()
+            affected = set(self._shard_of[np.asarray(hits, dtype=np.int64)].tolist()) - {-1}
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                counts = self.program.counts
+                for s in sorted(affected):
+                    self._narrow(self.shards[s], counts)
+            self.stats.relinks += 1
+            self.stats.relink_seconds += time.perf_counter() - started
+
+    def _narrow(self, shard: Shard, counts: np.ndarray) -> None:
+        """Replace the shard's link with one holding only its probes not yet hit."""
+        if shard.link_fd is None:
+            return
+        # Read the counts now, not the reported indexes alone: probes hit since the report
+        # are dropped in the same relink.
+        unhit = counts[shard.probes.astype(np.int64)] == 0
+        remaining = int(unhit.sum())
+        if remaining == shard.remaining:
+            return
+        old = shard.link_fd
+        if remaining:
+            try:
+                shard.link_fd = create_link(self.program.prog_fd, shard.path, shard.offsets[unhit],
+                                            shard.probes[unhit], self.pid)
+                self.stats.links_created += 1
+            except LinkError as e:
+                # Keep the old, wider link: it costs time, never data.
+                self.stats.errors.append(str(e))
+                return
+        else:
+            shard.link_fd = None
+        shard.remaining = remaining
+        self._closer.close_later(old)
+
+    @property
+    def probes_left(self) -> int:
+        return sum(s.remaining for s in self.shards if s.link_fd is not None)
+
+    # -- detaching ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Detach everything and wait until every link is closed."""
+        self._stop.set()
+        if self._relinker is not None:
+            self._relinker.join()
+            self._relinker = None
+        with self._lock:
+            for shard in self.shards:
+                if shard.link_fd is not None:
+                    self._closer.close_later(shard.link_fd)
+                    shard.link_fd = None
+        self._closer.finish()

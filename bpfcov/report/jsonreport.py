@@ -1,0 +1,49 @@
+"""coverage.json: the stable contract scripts read (format "bpfcov", version 1)."""
+
+from __future__ import annotations
+
+import json
+
+from bpfcov.report.model import Report
+
+VERSION = 1
+
+
+def as_dict(report: Report) -> dict:
+    t = report.totals
+    return {
+        "format": "bpfcov",
+        "version": VERSION,
+        "mode": report.mode,
+        "counts_are_lower_bounds": report.mode == "hit",
+        "command": report.command,
+        "started": report.started,
+        "duration": report.duration,
+        "host": report.host,
+        "kernel": report.kernel,
+        "complete": report.complete,
+        "objects": [
+            {
+                "path": o.path,
+                "build_id": o.build_id,
+                "functions": [
+                    {"name": f.name, "display_name": f.display_name, "address": f.address, "size": f.size,
+                     "file": f.file, "line": f.line, "count": f.count, "status": f.status,
+                     "aliases": list(f.aliases)}
+                    for f in o.functions
+                ],
+                "lines": [{"file": p, "line": n, "count": c} for p, n, c in o.lines],
+            }
+            for o in report.objects
+        ],
+        "totals": {
+            "functions": t.functions, "functions_hit": t.functions_hit,
+            "functions_unmeasured": t.functions_unmeasured, "dead_bytes": t.dead_bytes,
+            "lines": t.lines, "lines_hit": t.lines_hit,
+        },
+    }
+
+
+def write(report: Report, out, sources=None) -> None:
+    json.dump(as_dict(report), out, indent=1, sort_keys=False)
+    out.write("\n")

@@ -1,0 +1,99 @@
+"""What every report shows, shaped once from the measured data (see pipeline.py).
+
+Plain data: the writers (lcov, HTML, JSON, Cobertura) only format it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FunctionRow:
+    object_path: str
+    name: str                # mangled: the identity
+    display_name: str
+    address: int
+    size: int
+    file: str | None         # as reported (after --path-map / --relative-to)
+    line: int | None
+    end_line: int | None
+    count: int
+    status: str              # "hit" | "unhit" | "unmeasured"
+    aliases: tuple[str, ...]
+    probe: str               # "entry" | "moved" | "unmeasured"
+    probe_note: str
+    anchor: str = ""         # id of this function in the HTML report
+
+
+@dataclass
+class SourceFile:
+    """One source file's functions and measured lines, across every object."""
+
+    path: str                          # as reported
+    original_path: str                 # as the compiler recorded it (for reading the source)
+    functions: list[FunctionRow] = field(default_factory=list)
+    lines: dict[int, int] = field(default_factory=dict)  # measured line -> count
+
+    @property
+    def functions_hit(self) -> int:
+        return sum(f.status == "hit" for f in self.functions)
+
+    @property
+    def dead_bytes(self) -> int:
+        return sum(f.size for f in self.functions if f.status == "unhit")
+
+
+@dataclass
+class ObjectReport:
+    path: str
+    build_id: str | None
+    functions: list[FunctionRow]
+    lines: list[tuple[str, int, int]]  # (file as reported, line, count)
+    warnings: list[str]
+
+    @property
+    def dead_bytes(self) -> int:
+        return sum(f.size for f in self.functions if f.status == "unhit")
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.functions)
+
+
+@dataclass
+class Totals:
+    functions: int = 0
+    functions_hit: int = 0
+    functions_unmeasured: int = 0
+    dead_bytes: int = 0
+    lines: int = 0
+    lines_hit: int = 0
+
+    @property
+    def functions_measured(self) -> int:
+        return self.functions - self.functions_unmeasured
+
+    @property
+    def function_percent(self) -> float:
+        return 100.0 * self.functions_hit / self.functions_measured if self.functions_measured else 100.0
+
+    @property
+    def line_percent(self) -> float:
+        return 100.0 * self.lines_hit / self.lines if self.lines else 100.0
+
+
+@dataclass
+class Report:
+    mode: str
+    command: list[str]
+    started: float
+    duration: float | None
+    host: str
+    kernel: str
+    lines: bool
+    complete: bool
+    objects: list[ObjectReport]
+    files: list[SourceFile]    # sorted by path; only functions with a source file
+    totals: Totals
+    bpfcov_version: str

@@ -1,0 +1,127 @@
+"""One place that decides what is reported: which functions, under which paths, in which
+order, with which counts. Every output format starts from `build_report`.
+
+Rules applied here, for every format alike:
+- Paths are rewritten by --path-map OLD=NEW (first matching prefix) and then made relative
+  to --relative-to.
+- A function is hit exactly when a measured line inside it is hit (lcov 2.x checks this):
+  without --lines a function's measured line is its first line; with --lines, its first
+  line is counted as hit whenever the function was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from bpfcov.data.model import RunCoverage
+from bpfcov.report.model import FunctionRow, ObjectReport, Report, SourceFile, Totals
+
+
+@dataclass
+class ReportOptions:
+    path_maps: list[tuple[str, str]] = field(default_factory=list)
+    relative_to: str | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+
+def rewrite_path(path: str | None, options: ReportOptions) -> str | None:
+    if path is None:
+        return None
+    for old, new in options.path_maps:
+        if path == old or path.startswith(old.rstrip("/") + "/"):
+            path = new.rstrip("/") + path[len(old.rstrip("/")):] if new else path[len(old):].lstrip("/")
+            break
+    if options.relative_to and os.path.isabs(path):
+        base = os.path.abspath(options.relative_to)
+        if path == base or path.startswith(base.rstrip("/") + "/"):
+            path = os.path.relpath(path, base)
+    return path
+
+
+def _anchor(object_index: int, function_index: int) -> str:
+    return f"f{object_index}-{function_index}"
+
+
+def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Report:
+    options = options or ReportOptions()
+    inc = [re.compile(p) for p in options.include]
+    exc = [re.compile(p) for p in options.exclude]
+
+    def wanted(row: FunctionRow) -> bool:
+        names = (row.name, row.display_name)
+        if inc and not any(r.search(n) for r in inc for n in names):
+            return False
+        return not any(r.search(n) for r in exc for n in names)
+
+    objects: list[ObjectReport] = []
+    files: dict[str, SourceFile] = {}
+    totals = Totals()
+    for oi, obj in enumerate(run.objects):
+        index = obj.index
+        rows: list[FunctionRow] = []
+        lines_by_function: dict[int, list[tuple[int, int]]] = {}
+        line_rows: dict[tuple[str, int], int] = {}
+        if run.lines and index.lines is not None and obj.line_counts is not None:
+            t = index.lines
+            for fidx, line, func, count in zip(t.file.tolist(), t.line.tolist(), t.function.tolist(),
+                                               obj.line_counts.tolist()):
+                lines_by_function.setdefault(func, []).append((line, count))
+                path = rewrite_path(t.files[fidx], options)
+                key = (path, line)
+                # A line with several addresses ran as often as its busiest address.
+                line_rows[key] = max(line_rows.get(key, 0), count)
+        for fi, f in enumerate(index.functions):
+            count = int(obj.function_counts[fi])
+            status = obj.function_status(fi)
+            if status == "unhit" and any(c > 0 for _, c in lines_by_function.get(fi, ())):
+                # A line inside it ran, so the function did (its entry may have been probed
+                # late, e.g. in hit mode); never call it dead.
+                status = "hit"
+                count = max(c for _, c in lines_by_function[fi])
+            row = FunctionRow(
+                object_path=index.path, name=f.name, display_name=f.display_name, address=f.address,
+                size=f.size, file=rewrite_path(f.file, options), line=f.line, end_line=f.end_line,
+                count=count, status=status, aliases=f.aliases, probe=f.probe.value, probe_note=f.probe_note,
+                anchor=_anchor(oi, fi))
+            if not wanted(row):
+                continue
+            rows.append(row)
+            totals.functions += 1
+            if status == "hit":
+                totals.functions_hit += 1
+            elif status == "unmeasured":
+                totals.functions_unmeasured += 1
+            else:
+                totals.dead_bytes += row.size
+            if row.file is not None and row.line is not None and status != "unmeasured":
+                source = files.setdefault(row.file, SourceFile(row.file, f.file))
+                source.functions.append(row)
+                if not run.lines:
+                    source.lines[row.line] = source.lines.get(row.line, 0) + count
+                elif status == "hit":
+                    key = (row.file, row.line)
+                    line_rows[key] = max(line_rows.get(key, 0), count)
+                elif (row.file, row.line) not in line_rows:
+                    line_rows[(row.file, row.line)] = 0
+        if run.lines:
+            for (path, line), count in line_rows.items():
+                if path is None:
+                    continue
+                source = files.get(path)
+                if source is None:
+                    continue  # lines of functions filtered out or unmeasured
+                source.lines[line] = max(source.lines.get(line, 0), count)
+        objects.append(ObjectReport(index.path, index.build_id, rows,
+                                    sorted((p, l, c) for (p, l), c in line_rows.items() if p is not None),
+                                    list(index.warnings)))
+    ordered = [files[p] for p in sorted(files)]
+    for source in ordered:
+        source.functions.sort(key=lambda r: (r.line or 0, r.name))
+        totals.lines += len(source.lines)
+        totals.lines_hit += sum(1 for c in source.lines.values() if c > 0)
+    return Report(mode=run.mode, command=run.command, started=run.started, duration=run.duration,
+                  host=run.host, kernel=run.kernel, lines=run.lines, complete=run.complete,
+                  objects=objects, files=ordered, totals=totals, bpfcov_version=run.bpfcov_version)

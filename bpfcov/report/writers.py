@@ -1,0 +1,88 @@
+"""The one place that writes report files, whatever the format.
+
+Each format is a module with `write(report, out, sources)` for one stream (lcov, JSON,
+Cobertura) or a folder (HTML). This module owns the files: it creates the output folder,
+writes each file under a temporary name and renames it into place (a reader never sees
+half a report; a failure leaves the previous one), and says what it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from bpfcov.errors import BpfcovError
+from bpfcov.report import cobertura, html, jsonreport, lcov
+from bpfcov.report.model import Report
+from bpfcov.report.sources import SourceReader
+
+FORMATS = ("lcov", "html", "json", "cobertura")
+DEFAULT_FORMATS = ("lcov", "html", "json")
+FILE_NAMES = {"lcov": "coverage.info", "html": "html", "json": "coverage.json", "cobertura": "coverage.xml"}
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise BpfcovError(f"unknown report format {', '.join(unknown) or repr(text)}: choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def _write_file(path: str, render) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bpfcov-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            render(out)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_folder(path: str, render) -> None:
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".bpfcov-html-")
+    try:
+        render(tmp)
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(path):
+            old = path + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_reports(report: Report, out_dir: str, formats: list[str], source_root: str | None = None,
+                  lcov_format: int = 1) -> list[str]:
+    """Write each requested format into `out_dir`; return the paths written."""
+    sources = SourceReader(source_root)
+    written = []
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for fmt in formats:
+            path = os.path.join(out_dir, FILE_NAMES[fmt])
+            if fmt == "lcov":
+                _write_file(path, lambda out: lcov.write(report, out, sources, lcov_format))
+            elif fmt == "json":
+                _write_file(path, lambda out: jsonreport.write(report, out))
+            elif fmt == "cobertura":
+                _write_file(path, lambda out: cobertura.write(report, out))
+            elif fmt == "html":
+                _write_folder(path, lambda folder: html.write(report, folder, sources))
+                path = os.path.join(path, "index.html")
+            written.append(path)
+    except OSError as e:
+        raise BpfcovError(f"cannot write reports to {out_dir}: {e.strerror or e}") from None
+    return written
