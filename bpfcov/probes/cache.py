@@ -16,7 +16,6 @@ import tempfile
 
 import numpy as np
 
-from bpfcov.errors import BpfcovError
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 
@@ -56,7 +55,7 @@ def store(key: str, index: ObjectIndex) -> None:
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if index.lines is not None:
         for column in ("address", "offset", "file", "line", "function"):
-            arrays[column] = getattr(index.lines, column)
+            arrays["line_" + column] = getattr(index.lines, column)
     try:
         os.makedirs(cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".tmp")
@@ -84,12 +83,12 @@ def load(key: str) -> ObjectIndex | None:
             ]
             lines = None
             if meta["line_files"] is not None:
-                lines = LineTable(meta["line_files"], data["address"], data["offset"], data["file"],
-                                  data["line"], data["function"])
+                lines = LineTable(meta["line_files"], *(data["line_" + column] for column in
+                                                        ("address", "offset", "file", "line", "function")))
                 if not len(lines.address) == len(lines.offset) == len(lines.file) == len(lines.line):
                     raise ValueError("ragged line columns")
         return ObjectIndex("", meta["build_id"], functions, lines, meta["warnings"], meta["debug_file"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, BpfcovError, Exception):
+    except Exception:  # whatever is wrong with the entry, it is rebuilt
         try:
             os.unlink(path)
         except OSError:

@@ -1,0 +1,106 @@
+"""Shared fixtures: the sample targets, BPF availability, and running bpfcov itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "sample_targets" / "build"
+
+
+def bpf_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc's Python module (python3-bpfcc) is not importable"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "the kernel has no BTF"
+    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
+        return "no kernel headers for bcc"
+    return None
+
+
+@pytest.fixture
+def bpf():
+    """Tests that trace take this fixture: they fail in CI (BPFCOV_REQUIRE_BPF=1) and skip
+    elsewhere when BPF cannot be used."""
+    reason = bpf_unavailable_reason()
+    if reason:
+        if os.environ.get("BPFCOV_REQUIRE_BPF") == "1":
+            pytest.fail(f"BPF is required here but unavailable: {reason}")
+        pytest.skip(f"BPF unavailable: {reason}")
+
+
+def target(flavour: str, name: str) -> str:
+    path = BUILD / flavour / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build the sample targets with `make targets`")
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Each test session indexes into its own cache, so no test depends on another's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def bpfcov(*args, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the bpfcov CLI as a user would, in a child process."""
+    result = subprocess.run([sys.executable, "-m", "bpfcov", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"bpfcov {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def gcov_counts(binary: str, args: list[str], tmp_path: Path, env: dict | None = None) -> dict[str, int]:
+    """The oracle: gcov's call count of every function, running the --coverage build of
+    `binary` with `args`. Keys are mangled names, as bpfcov's identities are."""
+    prefix = tmp_path / "gcov"
+    run_env = dict(os.environ, GCOV_PREFIX=str(prefix), **(env or {}))
+    subprocess.run([binary, *args], check=False, capture_output=True, env=run_env, timeout=120)
+    counts: dict[str, int] = {}
+    for gcda in prefix.rglob("*.gcda"):
+        gcno = Path(str(gcda).replace(str(prefix), "", 1)).with_suffix(".gcno")
+        shutil.copy(gcno, gcda.with_suffix(".gcno"))
+        out = subprocess.run(["gcov", "--json-format", "--stdout", gcda.name], cwd=gcda.parent,
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if not line.strip():
+                continue
+            for f in json.loads(line)["files"]:
+                for fn in f["functions"]:
+                    counts[fn["name"]] = counts.get(fn["name"], 0) + fn["execution_count"]
+    return counts
+
+
+def coverage_json(out_dir: Path) -> dict:
+    return json.loads((out_dir / "coverage.json").read_text())
+
+
+def function_counts(report: dict, object_name: str | None = None) -> dict[str, int]:
+    """name -> count for measured functions, from coverage.json, optionally one object."""
+    counts = {}
+    for obj in report["objects"]:
+        if object_name and os.path.basename(obj["path"]) != object_name:
+            continue
+        for f in obj["functions"]:
+            if f["status"] != "unmeasured":
+                counts[f["name"]] = counts.get(f["name"], 0) + f["count"]
+                for alias in f["aliases"]:
+                    counts[alias] = counts.get(alias, 0) + f["count"]
+    return counts
+
+
+def uprobe_multi_links() -> int:
+    out = subprocess.run(["bpftool", "link", "list"], capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if "uprobe_multi" in line)
