@@ -102,5 +102,6 @@ def function_counts(report: dict, object_name: str | None = None) -> dict[str, i
 
 
 def uprobe_multi_links() -> int:
-    out = subprocess.run(["bpftool", "link", "list"], capture_output=True, text=True).stdout
-    return sum(1 for line in out.splitlines() if "uprobe_multi" in line)
+    """uprobe_multi links on the machine (bpftool 7.1 prints the type only as its number, 12)."""
+    out = subprocess.run(["bpftool", "link", "list", "-j"], capture_output=True, text=True, check=True).stdout
+    return sum(1 for link in json.loads(out or "[]") if link.get("type") in (12, "uprobe_multi"))

@@ -67,7 +67,8 @@ class RunCommand(Command):
             if not args.quiet:
                 print(f"bpfcov: {args.command[0]} was killed by signal {ending.signal}", file=sys.stderr)
             # Pass the signal on exactly, as a shell would see it.
-            signal.signal(ending.signal, signal.SIG_DFL)
+            if ending.signal not in (signal.SIGKILL, signal.SIGSTOP):  # these cannot be handled anyway
+                signal.signal(ending.signal, signal.SIG_DFL)
             os.kill(os.getpid(), ending.signal)
             return 128 + ending.signal
         if ending.exit_status:

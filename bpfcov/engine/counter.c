@@ -6,6 +6,7 @@
 //   MAX_PROBES    size of the counts array (the number of probes, at least 1)
 //   HIT_MODE      report a probe's first hit through the `first_hits` ring buffer
 //   CGROUP_FILTER count only tasks whose cgroup v2 id equals the `target_cgroup` entry
+//   LOADER_HOOK   also build on_loader_event, for the dynamic loader's _dl_debug_state
 
 #include <uapi/linux/ptrace.h>
 
@@ -43,3 +44,26 @@ int on_probe(struct pt_regs *ctx)
 #endif
     return 0;
 }
+
+#ifdef LOADER_HOOK
+// The dynamic loader calls _dl_debug_state (the debugger's r_brk hook) after it maps
+// objects for dlopen and before it runs their constructors. Stopping the process there
+// lets user space attach to a new library before any of its code runs; user space sends
+// SIGCONT once the probes are in place. The payload is the stopped process's pid.
+BPF_RINGBUF_OUTPUT(loader_events, 16);
+
+int on_loader_event(struct pt_regs *ctx)
+{
+#ifdef CGROUP_FILTER
+    u32 zero = 0;
+    u64 *wanted = target_cgroup.lookup(&zero);
+    if (!wanted || *wanted != bpf_get_current_cgroup_id())
+        return 0;
+#endif
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    // The stop is sent before the event, so user space's SIGCONT always comes after it.
+    bpf_send_signal(19 /* SIGSTOP */);
+    loader_events.ringbuf_output(&pid, sizeof(pid), 0);
+    return 0;
+}
+#endif

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import threading
 from importlib import resources
 
 import numpy as np
@@ -37,7 +36,7 @@ def check_privileges() -> None:
 class CounterProgram:
     """The compiled BPF program with its maps. Close it to release every kernel object."""
 
-    def __init__(self, slots: int, hit_mode: bool, cgroup_id: int | None = None):
+    def __init__(self, slots: int, hit_mode: bool, cgroup_id: int | None = None, loader_hook: bool = False):
         bcc = _import_bcc()
         check_privileges()
         self.slots = max(1, slots)
@@ -54,9 +53,13 @@ class CounterProgram:
             cflags += ["-DHIT_MODE", f"-DRINGBUF_PAGES={pages}"]
         if cgroup_id is not None:
             cflags.append("-DCGROUP_FILTER")
+        if loader_hook:
+            cflags.append("-DLOADER_HOOK")
         try:
             self._bpf = bcc.BPF(text=source, cflags=cflags)
             self._fn = self._bpf.load_func("on_probe", bcc.BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+            self._loader_fn = self._bpf.load_func("on_loader_event", bcc.BPF.KPROBE,
+                                                  attach_type=BPF_TRACE_UPROBE_MULTI) if loader_hook else None
         except Exception as e:  # bcc raises bare Exceptions for compile and load failures
             raise BpfcovError(f"cannot load the BPF program: {str(e).splitlines()[0] if str(e) else e} "
                               f"(are kernel headers installed under /lib/modules/{os.uname().release}/build?)") from None
@@ -69,23 +72,39 @@ class CounterProgram:
                                mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.counts = np.frombuffer(self._mmap, dtype=np.uint64, count=self.slots)
         self._first_hits: list[int] = []
-        self._lock = threading.Lock()
+        self._loader_pids: list[int] = []
         if hit_mode:
             self._bpf["first_hits"].open_ring_buffer(self._on_first_hit)
+        if loader_hook:
+            self._bpf["loader_events"].open_ring_buffer(self._on_loader_event)
 
     @property
     def prog_fd(self) -> int:
         return self._fn.fd
 
+    @property
+    def loader_prog_fd(self) -> int | None:
+        return self._loader_fn.fd if self._loader_fn is not None else None
+
+    @property
+    def has_events(self) -> bool:
+        return self.hit_mode or self._loader_fn is not None
+
     def _on_first_hit(self, ctx, data, size) -> int:
         self._first_hits.append(ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32))[0])
         return 0
 
-    def wait_first_hits(self, timeout_ms: int) -> list[int]:
-        """Block up to `timeout_ms` for first-hit reports; return the probe indexes seen."""
+    def _on_loader_event(self, ctx, data, size) -> int:
+        self._loader_pids.append(ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32))[0])
+        return 0
+
+    def wait_events(self, timeout_ms: int) -> tuple[list[int], list[int]]:
+        """Block up to `timeout_ms` for reports: (probes hit for the first time, pids the
+        loader hook stopped). Call from one thread only."""
         self._bpf.ring_buffer_poll(timeout_ms)
         hits, self._first_hits = self._first_hits, []
-        return hits
+        pids, self._loader_pids = self._loader_pids, []
+        return hits, pids
 
     def snapshot(self) -> np.ndarray:
         return self.counts.copy()

@@ -13,8 +13,10 @@ when it ends (see targets.py); everything here is shared by them:
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -67,8 +69,15 @@ def say(options: TraceOptions, message: str) -> None:
 
 class Session:
     def __init__(self, options: TraceOptions, command: list[str], pid_filter: int = 0,
-                 cgroup_id: int | None = None):
+                 cgroup_id: int | None = None, loader: str | None = None):
+        """`loader`: the dynamic loader's path, to catch dlopen() at once (for --libs)."""
         self.options = options
+        self.loader = loader
+        # Set when there is something for the waiting thread to do: a stop request or a
+        # process the loader hook stopped.
+        self.wake = threading.Event()
+        self._stopped_pids: list[int] = []
+        self._stopped_lock = threading.Lock()
         self.command = command
         self.pid_filter = pid_filter
         self.cgroup_id = cgroup_id
@@ -127,11 +136,15 @@ class Session:
         """Load the BPF program and attach every pending object."""
         first = [plan_object(ix, 0) for ix in self._pending]
         slots = sum(p.probe_count for p in first) + self.options.spare_slots
-        self.program = CounterProgram(slots, self.options.mode == "hit", self.cgroup_id)
-        self.tracer = Tracer(self.program, self.pid_filter, self.options.shard_size)
+        self.program = CounterProgram(slots, self.options.mode == "hit", self.cgroup_id,
+                                      loader_hook=self.loader is not None)
+        self.tracer = Tracer(self.program, self.pid_filter, self.options.shard_size,
+                             on_loader_stop=self._loader_stopped)
         pending, self._pending = self._pending, []
         for index in pending:
             self._attach(index)
+        if self.loader is not None:
+            self._hook_loader(self.loader)
         self.tracer.start()
         functions = sum(int((p.function_probe >= 0).sum()) for p in self.plans)
         lines = sum(len(p.index.lines) for p in self.plans if p.index.lines is not None)
@@ -139,6 +152,36 @@ class Session:
         n = len(self.plans)
         say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''} ({self.options.mode} mode)...")
         self.started = time.time()
+
+    # -- dlopen: the loader hook -------------------------------------------------------
+    def _hook_loader(self, loader: str) -> None:
+        index = index_object(loader, quiet=True)
+        hook = next((f for f in index.functions
+                     if "_dl_debug_state" in (f.name.split("@")[0], *(a.split("@")[0] for a in f.aliases))), None)
+        if hook is None or hook.probe_offset is None:
+            say(self.options, f"warning: {loader} has no _dl_debug_state; libraries opened with dlopen() "
+                              "are found by polling, and their first calls may be missed")
+            return
+        self.tracer.add_loader_hook(os.path.realpath(loader), hook.probe_offset)
+
+    def _loader_stopped(self, pids: list[int]) -> None:
+        """Called from the event thread: these processes are stopped inside the loader."""
+        with self._stopped_lock:
+            self._stopped_pids.extend(pids)
+        self.wake.set()
+
+    def take_stopped(self) -> list[int]:
+        with self._stopped_lock:
+            pids, self._stopped_pids = self._stopped_pids, []
+        return pids
+
+    @staticmethod
+    def resume(pids: list[int]) -> None:
+        for pid in set(pids):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     def coverage(self, counts: np.ndarray, complete: bool) -> RunCoverage:
         objects = []
@@ -173,6 +216,7 @@ class Session:
                 for e in self.tracer.stats.errors[:3]:
                     say(self.options, f"warning: {e}")
         finally:
+            self.resume(self.take_stopped())  # never leave a process stopped
             if self.program is not None:
                 counts = self.program.snapshot()
                 self.program.close()

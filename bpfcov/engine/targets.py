@@ -51,8 +51,9 @@ class Stopper:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, forward: Callable[[int], None] | None = None):
-        self.event = threading.Event()
+    def __init__(self, event: threading.Event, forward: Callable[[int], None] | None = None):
+        self.event = event  # set on every signal, so that a waiting loop wakes at once
+        self._stop = False
         self.received: list[int] = []
         self._forward = forward
         self._previous = {}
@@ -71,11 +72,12 @@ class Stopper:
         if self._forward is not None and len(self.received) == 1:
             self._forward(signum)
         else:
-            self.event.set()
+            self._stop = True
+        self.event.set()
 
     @property
     def stop_requested(self) -> bool:
-        return self.event.is_set()
+        return self._stop
 
 
 def _wait_loop(session: Session, stopper: Stopper, alive: Callable[[], bool], duration: float | None,
@@ -88,15 +90,30 @@ def _wait_loop(session: Session, stopper: Stopper, alive: Callable[[], bool], du
         if duration is not None and now - start >= duration:
             break
         if discover is not None:
-            for path in discover():
-                try:
-                    session.add_object(path)
-                except BpfcovError as e:
-                    say(session.options, f"warning: not tracing {path}: {e}")
+            stopped = session.take_stopped()
+            try:
+                for path in discover():
+                    try:
+                        session.add_object(path)
+                    except BpfcovError as e:
+                        say(session.options, f"warning: not tracing {path}: {e}")
+            finally:
+                session.resume(stopped)
         if next_snapshot is not None and now >= next_snapshot and on_snapshot is not None:
             on_snapshot(session.snapshot())
             next_snapshot = now + interval
-        stopper.event.wait(POLL_SECONDS)
+        session.wake.wait(POLL_SECONDS)
+        session.wake.clear()
+
+
+def interpreter_of(executable: str) -> str | None:
+    """The dynamic loader named in PT_INTERP, if any."""
+    with ElfObject(executable) as obj:
+        for segment in obj.elf.iter_segments():
+            if segment.header.p_type == "PT_INTERP":
+                path = segment.get_interp_name()
+                return path if os.path.exists(path) else None
+    return None
 
 
 def _check_elf(path: str) -> None:
@@ -133,7 +150,8 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
     if libs:
         options.spare_slots = SPARE_SLOTS_LINES if options.lines else SPARE_SLOTS_FUNCTIONS
     cgroup = RunCgroup()
-    session = Session(options, command, pid_filter=0, cgroup_id=cgroup.id)
+    loader = interpreter_of(executable) if libs and is_elf else None
+    session = Session(options, command, pid_filter=0, cgroup_id=cgroup.id, loader=loader)
     ending = Ending()
     proc = None
     try:
@@ -169,7 +187,7 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
                 found.extend(p for p in mapped_objects(pid) if p not in found)
             return found
 
-        with Stopper(forward) as stopper:
+        with Stopper(session.wake, forward) as stopper:
             _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot,
                        discover if libs else None)
         code = proc.poll()
@@ -199,7 +217,8 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise BpfcovError(f"process {pid} exited before bpfcov could attach") from None
-    session = Session(options, [f"pid {pid}", executable], pid_filter=pid)
+    loader = next((p for p in mapped_objects(pid) if os.path.basename(p).startswith("ld-")), None) if libs else None
+    session = Session(options, [f"pid {pid}", executable], pid_filter=pid, loader=loader)
     try:
         for path in targets:
             session.add_object(path)
@@ -214,7 +233,7 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
             import select
             return not select.select([pidfd], [], [], 0)[0]
 
-        with Stopper() as stopper:
+        with Stopper(session.wake) as stopper:
             _wait_loop(session, stopper, alive, duration, interval, on_snapshot,
                        (lambda: mapped_objects(pid)) if libs else None)
     finally:
@@ -234,7 +253,7 @@ def trace_paths(paths: list[str], options: TraceOptions, duration: float | None 
         for path in paths:
             session.add_object(path)
         session.start()
-        with Stopper() as stopper:
+        with Stopper(session.wake) as stopper:
             _wait_loop(session, stopper, lambda: True, duration, interval, on_snapshot, None)
     finally:
         run = session.finish()

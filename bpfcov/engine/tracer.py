@@ -67,7 +67,8 @@ class _LinkCloser(threading.Thread):
 
 
 class Tracer:
-    def __init__(self, program: CounterProgram, pid: int = 0, shard_size: int = DEFAULT_SHARD_SIZE):
+    def __init__(self, program: CounterProgram, pid: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
+                 on_loader_stop=None):
         self.program = program
         self.pid = pid
         self.shard_size = min(shard_size, MAX_PROBES_PER_LINK)
@@ -78,6 +79,8 @@ class Tracer:
         self._closer.start()
         self._stop = threading.Event()
         self._relinker: threading.Thread | None = None
+        self._on_loader_stop = on_loader_stop
+        self._loader_links: list[int] = []
         self.stats = TracerStats()
 
     # -- attaching ---------------------------------------------------------------------
@@ -104,16 +107,24 @@ class Tracer:
                 self._shard_of[shard.probes.astype(np.int64)] = len(self.shards)
                 self.shards.append(shard)
 
-    # -- hit mode ----------------------------------------------------------------------
+    def add_loader_hook(self, path: str, offset: int) -> None:
+        """Stop each traced process at the loader's _dl_debug_state (see counter.c)."""
+        fd = create_link(self.program.loader_prog_fd, path, np.array([offset], dtype=np.uint64),
+                         np.zeros(1, dtype=np.uint64), self.pid)
+        self._loader_links.append(fd)
+
+    # -- events: first hits (hit mode) and loader stops ---------------------------------
     def start(self) -> None:
-        if self.program.hit_mode and self._relinker is None:
+        if self.program.has_events and self._relinker is None:
             self._relinker = threading.Thread(target=self._relink_loop, name="bpfcov-relinker", daemon=True)
             self._relinker.start()
 
     def _relink_loop(self) -> None:
         import time
         while not self._stop.is_set():
-            hits = self.program.wait_first_hits(100)
+            hits, stopped = self.program.wait_events(100)
+            if stopped and self._on_loader_stop is not None:
+                self._on_loader_stop(stopped)
             if not hits or self._stop.is_set():
                 continue
             started = time.perf_counter()
@@ -164,6 +175,9 @@ class Tracer:
             self._relinker.join()
             self._relinker = None
         with self._lock:
+            for fd in self._loader_links:
+                self._closer.close_later(fd)
+            self._loader_links = []
             for shard in self.shards:
                 if shard.link_fd is not None:
                     self._closer.close_later(shard.link_fd)

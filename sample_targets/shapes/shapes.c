@@ -5,6 +5,9 @@
  *   shapes apply double|negate X           -> calls a transform through a pointer
  *   shapes lock                            -> runs a function whose first instruction
  *                                             has a LOCK prefix (uprobes refuse it)
+ *   shapes serve                           -> reads "circle R" / "square S" lines from
+ *                                             stdin until EOF, printing each area (a
+ *                                             long-lived process to attach to)
  *
  * See EXPECTED.md for which functions each command runs, and how often.
  */
@@ -69,7 +72,7 @@ int unused_exported_helper(int x) /* exported but never called */
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: shapes area circle|square N | fact N | apply double|negate X | lock\n");
+    fprintf(stderr, "usage: shapes area circle|square N | fact N | apply double|negate X | lock | serve\n");
     return 2;
 }
 
@@ -96,6 +99,20 @@ static int cmd_apply(int argc, char **argv)
     return 0;
 }
 
+static int cmd_serve(void)
+{
+    char shape[16];
+    double v;
+    while (scanf("%15s %lf", shape, &v) == 2) {
+        if (strcmp(shape, "circle") == 0)
+            printf("%.3f\n", circle_area(v));
+        else
+            printf("%.3f\n", square_area(v));
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -108,6 +125,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "apply") == 0)
         return cmd_apply(argc - 2, argv + 2);
+    if (strcmp(argv[1], "serve") == 0)
+        return cmd_serve();
     if (strcmp(argv[1], "lock") == 0) {
         int counter = 0;
         for (int i = 0; i < 3; i++)

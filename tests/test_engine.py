@@ -1,0 +1,219 @@
+"""The engine against real processes, with gcov's call counts as the oracle for count mode
+and count mode as the oracle for hit mode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import (ROOT, bpfcov, coverage_json, function_counts, gcov_counts, target, uprobe_multi_links)
+
+GCOV_CASES = [
+    ("shapes", ["fact", "6"]),
+    ("shapes", ["area", "circle", "2"]),
+    ("shapes", ["apply", "negate", "4"]),
+    ("shapes", []),
+    ("inventory", ["list"]),
+    ("inventory", ["total"]),
+    ("inventory", ["bad"]),
+    ("threads", ["4", "2000"]),
+    ("forker", ["5"]),
+]
+
+
+def traced(tmp_path, name, args, *options, flavour="O0"):
+    out = tmp_path / "out"
+    bpfcov("run", "-q", "-o", out, *options, "--", target(flavour, name), *args, check=False)
+    return coverage_json(out)
+
+
+@pytest.mark.parametrize("name,args", GCOV_CASES, ids=[f"{n} {' '.join(a)}" for n, a in GCOV_CASES])
+def test_count_mode_equals_gcov_call_counts(bpf, tmp_path, name, args):
+    oracle = gcov_counts(target("gcov", name), args, tmp_path)
+    assert oracle, "gcov produced no counts"
+    ours = function_counts(traced(tmp_path, name, args, "--mode", "count"))
+    compared = 0
+    for function, expected in oracle.items():
+        if function in ours:
+            assert ours[function] == expected, function
+            compared += 1
+        else:
+            assert expected == 0 or function.startswith("_GLOBAL__"), f"{function} ran {expected}x but is not in the index"
+    assert compared >= 3
+
+
+def test_threaded_counts_are_exact(bpf, tmp_path):
+    counts = function_counts(traced(tmp_path, "threads", ["8", "5000"], "--mode", "count"))
+    assert counts["work"] == 8 * 5000
+    assert counts["worker"] == 8
+
+
+def test_forked_children_are_covered(bpf, tmp_path):
+    counts = function_counts(traced(tmp_path, "forker", ["7"], "--mode", "count"))
+    assert counts["worker_task"] == 7  # runs only in the children
+    assert counts["parent_summary"] == 1
+
+
+def executed(report) -> set[str]:
+    return {f"{o['path']}:{f['name']}" for o in report["objects"] for f in o["functions"] if f["status"] == "hit"}
+
+
+HIT_CASES = GCOV_CASES + [("shapes", ["lock"]), ("forker", ["3", "exec"])]
+
+
+@pytest.mark.parametrize("name,args", HIT_CASES, ids=[f"{n} {' '.join(a)}" for n, a in HIT_CASES])
+def test_hit_mode_finds_the_same_functions_as_count_mode(bpf, tmp_path, name, args):
+    count = executed(traced(tmp_path / "count", name, args, "--mode", "count"))
+    hit = executed(traced(tmp_path / "hit", name, args, "--mode", "hit"))
+    assert hit == count
+    assert count
+
+
+def test_hit_mode_on_the_sqlite_workload_matches_count_mode(bpf, tmp_path):
+    workload = str(ROOT / "sample_targets/build/sqlite/workload")
+    runs = {}
+    for mode in ("count", "hit"):
+        out = tmp_path / mode
+        bpfcov("run", "-q", "-o", out, "--mode", mode, "--format", "json", "--", workload, "3000")
+        runs[mode] = executed(coverage_json(out))
+    assert runs["hit"] == runs["count"]
+    assert len(runs["hit"]) > 300
+
+
+def test_moved_probe_counts_the_lock_prefixed_function(bpf, tmp_path):
+    report = traced(tmp_path, "shapes", ["lock"], "--mode", "count")
+    assert function_counts(report)["locked_increment"] == 3
+
+
+def test_dlopened_plugin_and_linked_library_are_covered_with_libs(bpf, tmp_path):
+    host = target("O0", "host")
+    plugin = target("O0", "plugin.so")
+    out = tmp_path / "out"
+    bpfcov("run", "-q", "-o", out, "--libs", "--mode", "count", "--include", "^(main|shape_|plugin_)",
+           "--", host, plugin, "3")
+    report = coverage_json(out)
+    assert function_counts(report, "host")["main"] == 1
+    assert function_counts(report, "libshape.so") == {"shape_sides": 1, "shape_unused": 0}
+    assert function_counts(report, "plugin.so") == {"plugin_run": 3, "plugin_never": 0}
+
+
+def test_run_passes_exit_status_and_output_through(bpf, tmp_path):
+    result = bpfcov("run", "-q", "-o", tmp_path / "out", "--", target("O0", "shapes"), check=False)
+    assert result.returncode == 2  # shapes' own usage error
+    assert result.stderr.startswith("usage: shapes")
+    result = bpfcov("run", "-q", "-o", tmp_path / "out", "--", target("O0", "shapes"), "fact", "5")
+    assert result.stdout == "120\n"
+
+
+def test_attach_covers_only_what_runs_after_attaching(bpf, tmp_path):
+    proc = subprocess.Popen([target("O0", "shapes"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        proc.stdin.write("circle 1\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "3.142\n"
+        out = tmp_path / "out"
+        tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "attach", "--pid", str(proc.pid), "-o", out,
+                                   "--mode", "count"], stderr=subprocess.PIPE, text=True)
+        assert "Tracing" in tracer.stderr.readline()
+        proc.stdin.write("square 2\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "4.000\n"
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        assert tracer.wait(timeout=60) == 0  # ends by itself when the process exits
+    finally:
+        proc.kill()
+    counts = function_counts(coverage_json(out))
+    assert counts["square_area"] == 1
+    assert counts["circle_area"] == 0  # ran before bpfcov attached
+    assert counts["main"] == 0
+
+
+def test_watch_covers_processes_started_after_it(bpf, tmp_path):
+    binary = tmp_path / "shapes"
+    shutil.copy(target("O0", "shapes"), binary)  # a private copy: no other test's processes map it
+    out = tmp_path / "out"
+    watcher = subprocess.Popen([sys.executable, "-m", "bpfcov", "watch", str(binary), "-o", out, "--duration", "60"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Tracing" in watcher.stderr.readline()
+        assert subprocess.run([binary, "fact", "4"], capture_output=True, text=True).stdout == "24\n"
+        subprocess.run([binary, "area", "square", "3"], capture_output=True, check=True)
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=60) == 0
+    finally:
+        watcher.kill()
+    report = coverage_json(out)
+    hit = {f["name"] for o in report["objects"] for f in o["functions"] if f["status"] == "hit"}
+    assert {"main", "factorial"} <= hit
+    assert "triangle_area" not in hit
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_saves_everything_and_detaches(bpf, tmp_path, sig):
+    links_before = uprobe_multi_links()
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "-o", out, "--mode", "count", "--",
+                               target("O0", "threads"), "2", "2000000000"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Tracing" in tracer.stderr.readline()
+        time.sleep(1.0)
+        assert uprobe_multi_links() > links_before
+        tracer.send_signal(sig)
+        tracer.wait(timeout=60)
+    finally:
+        tracer.kill()
+    assert uprobe_multi_links() == links_before
+    counts = function_counts(coverage_json(out))
+    assert counts["work"] > 1000 and counts["worker"] == 2
+    db = sqlite3.connect(out / "bpfcov.db")
+    assert dict(db.execute("SELECT key, value FROM meta"))["complete"] == "1"
+
+
+def test_killed_target_still_gives_its_coverage(bpf, tmp_path):
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "-o", out, "--", target("O0", "threads"),
+                               "1", "2000000000"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Tracing" in tracer.stderr.readline()
+        time.sleep(1.0)
+        child = next(p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == tracer.pid)
+        os.kill(int(child), signal.SIGKILL)
+        assert tracer.wait(timeout=60) == -signal.SIGKILL  # the target's fate passes through
+    finally:
+        tracer.kill()
+    assert function_counts(coverage_json(out))["work"] >= 1
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_interval_writes_snapshots_while_running(bpf, tmp_path):
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "-q", "-o", out, "--interval", "0.3",
+                               "--mode", "count", "--", target("O0", "threads"), "1", "2000000000"])
+    try:
+        deadline = time.time() + 30
+        while not (out / "bpfcov.db").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        from bpfcov.data import store
+        snapshot = store.read(str(out / "bpfcov.db"))
+        assert not snapshot.complete
+    finally:
+        tracer.send_signal(signal.SIGTERM)
+        tracer.wait(timeout=60)
+    assert store.read(str(out / "bpfcov.db")).complete
