@@ -7,9 +7,10 @@ kernel=$(uname -r)
 modules=/lib/modules/$kernel
 
 # Debian packages: bcc's Python module and its tools, the venv module, bpftool for leak
-# checks, compilers for the sample targets, and the oracles the tests compare against.
+# checks, compilers for the sample targets, and the oracles the tests compare against
+# (valgrind, lcov/genhtml, gdb, and chromium to render the HTML report).
 packages=(python3-bpfcc bpfcc-tools python3-venv bpftool gcc g++ make binutils
-          valgrind lcov gdb capstone-tool)
+          valgrind lcov gdb chromium)
 
 missing=()
 for p in "${packages[@]}"; do

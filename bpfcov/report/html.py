@@ -74,13 +74,9 @@ def pages(report: Report, sources: SourceReader):
         page = _page_name(i)
         page_of[source.path] = page
         text = sources.lines(source.original_path)
-        if text is None:
-            why = ("outside --source-root, so not read" if sources.allowed(source.original_path) is None
-                   and not os.path.isfile(os.path.join(sources.root, source.path)) else "not readable")
-            if sources.allowed(source.path):
-                text = sources.lines(source.path)
-        else:
-            why = ""
+        if text is None and source.path != source.original_path:
+            text = sources.lines(source.path)  # a --path-map may point at a local checkout
+        why = "" if text is not None else sources.why_unreadable(source.original_path)
         lines = None
         if text is not None:
             starts: dict[int, list[FunctionRow]] = {}

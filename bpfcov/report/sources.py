@@ -17,15 +17,25 @@ class SourceReader:
         self.root = os.path.realpath(root or os.getcwd())
         self._cache: dict[str, list[str] | None] = {}
 
-    def allowed(self, path: str) -> str | None:
-        """The real path of `path` if it may be read, else None."""
+    def _inside(self, path: str) -> str | None:
+        """The real path of `path` if it lies under the root, else None."""
         if not path or "\0" in path:
             return None
         candidate = path if os.path.isabs(path) else os.path.join(self.root, path)
         real = os.path.realpath(candidate)
         if real != self.root and not real.startswith(self.root + os.sep):
             return None
-        return real if os.path.isfile(real) else None
+        return real
+
+    def allowed(self, path: str) -> str | None:
+        """The real path of `path` if it may be read and is a file, else None."""
+        real = self._inside(path)
+        return real if real is not None and os.path.isfile(real) else None
+
+    def why_unreadable(self, path: str) -> str:
+        if self._inside(path) is None:
+            return "it is outside --source-root, so it was not read"
+        return "it was not found under --source-root"
 
     def lines(self, path: str) -> list[str] | None:
         if path in self._cache:

@@ -1,0 +1,291 @@
+"""Reports, with the real readers as the oracle: lcov, genhtml, lcov_cobertura, diff-cover,
+and a headless browser for the HTML."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bpfcov.data import store
+from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
+from bpfcov.report.pipeline import ReportOptions, build_report
+from bpfcov.report.treemap import Rect, squarify
+from bpfcov.report.writers import write_reports
+from conftest import ROOT, bpfcov, coverage_json, target
+
+GOLDEN = Path(__file__).parent / "golden"
+
+READER_CASES = [("shapes", ["fact", "3"]), ("inventory", ["list"]), ("forker", ["2"]), ("hostile", [])]
+
+
+@pytest.fixture(scope="module")
+def traced_outputs(tmp_path_factory):
+    """One count-mode run of each sample target, all formats (needs BPF)."""
+    from conftest import bpf_unavailable_reason
+    reason = bpf_unavailable_reason()
+    if reason:
+        if os.environ.get("BPFCOV_REQUIRE_BPF") == "1":
+            pytest.fail(f"BPF is required here but unavailable: {reason}")
+        pytest.skip(f"BPF unavailable: {reason}")
+    outputs = {}
+    for name, args in READER_CASES:
+        out = tmp_path_factory.mktemp(name)
+        bpfcov("run", "-q", "-o", out, "--mode", "count", "--format", "lcov,html,json,cobertura",
+               "--source-root", ROOT, "--", target("O0", name), *args, cwd=ROOT)
+        outputs[name] = out
+    return outputs
+
+
+def lcov_totals_from_json(report: dict) -> tuple[int, int]:
+    """(functions, functions hit) as lcov counts them: measured functions with a source file."""
+    names: dict[tuple[str, str], int] = {}
+    for obj in report["objects"]:
+        for f in obj["functions"]:
+            if f["file"] is not None and f["status"] != "unmeasured":
+                key = (f["file"], re.sub(r"[\x00-\x20,\x7f]", "_", f["name"]))
+                names[key] = names.get(key, 0) + f["count"]
+    return len(names), sum(1 for c in names.values() if c > 0)
+
+
+def run_tool(args, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.parametrize("name", [n for n, _ in READER_CASES])
+def test_lcov_summary_reads_it_without_warning_and_agrees(traced_outputs, name):
+    out = traced_outputs[name]
+    result = run_tool(["lcov", "--summary", out / "coverage.info"])
+    text = result.stdout + result.stderr
+    assert "WARNING" not in text.upper()
+    functions, hit = map(int, re.search(r"functions\.+: [\d.]+% \((\d+) of (\d+)", text).groups()[::-1])
+    assert (functions, hit) == lcov_totals_from_json(coverage_json(out))
+
+
+@pytest.mark.parametrize("name", [n for n, _ in READER_CASES])
+def test_lcov_add_and_genhtml_accept_it(traced_outputs, tmp_path, name):
+    info = traced_outputs[name] / "coverage.info"
+    merged = tmp_path / "merged.info"
+    result = run_tool(["lcov", "-a", info, "-a", info, "-o", merged])
+    assert "WARNING" not in (result.stdout + result.stderr).upper()
+    result = run_tool(["genhtml", "--ignore-errors", "source", "-o", tmp_path / "genhtml", info])
+    assert "WARNING" not in (result.stdout + result.stderr).upper().replace("--IGNORE-ERRORS", "")
+    assert (tmp_path / "genhtml" / "index.html").exists()
+
+
+@pytest.mark.parametrize("name", [n for n, _ in READER_CASES])
+def test_lcov_cobertura_converts_it_and_agrees(traced_outputs, tmp_path, name):
+    out = traced_outputs[name]
+    xml = tmp_path / "converted.xml"
+    run_tool([Path(sys.executable).parent / "lcov_cobertura", out / "coverage.info", "-o", xml])
+    root = ET.parse(xml).getroot()
+    ours = ET.parse(out / "coverage.xml").getroot()
+    assert root.get("lines-valid") == ours.get("lines-valid")
+    assert root.get("lines-covered") == ours.get("lines-covered")
+
+
+def test_diff_cover_parses_it_and_reports_the_changed_lines(traced_outputs, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    shutil.copy(ROOT / "sample_targets/shapes/shapes.c", repo / "src/shapes.c")
+    git = ["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@t"]
+    run_tool(git[:3] + ["init", "-q", "-b", "main"])
+    run_tool(git + ["add", "."])
+    run_tool(git + ["commit", "-qm", "base"])
+    run_tool(git[:3] + ["checkout", "-qb", "change"])
+    text = (repo / "src/shapes.c").read_text().splitlines(keepends=True)
+    source = (ROOT / "sample_targets/shapes/shapes.c").read_text().splitlines()
+    fact_line = next(i for i, l in enumerate(source, 1) if l.startswith("unsigned long factorial"))
+    # Touch the lines factorial's and triangle_area's DA records stand on.
+    data = coverage_json(traced_outputs["shapes"])
+    lines = {f["name"]: f["line"] for o in data["objects"] for f in o["functions"]}
+    for n in (lines["factorial"], lines["triangle_area"]):
+        text[n - 1] = text[n - 1].rstrip("\n") + " /* touched */\n"
+    (repo / "src/shapes.c").write_text("".join(text))
+    run_tool(git + ["commit", "-qam", "touch"])
+    info = tmp_path / "coverage.info"
+    bpfcov("report", traced_outputs["shapes"] / "bpfcov.db", "-o", tmp_path / "rep", "--format", "lcov",
+           "--path-map", f"{ROOT}/sample_targets/shapes={repo}/src")
+    shutil.copy(tmp_path / "rep/coverage.info", info)
+    report = tmp_path / "diff.json"
+    run_tool([Path(sys.executable).parent / "diff-cover", info, "--compare-branch=main", f"--json-report={report}"],
+             cwd=repo)
+    result = json.loads(report.read_text())
+    stats = result["src_stats"]["src/shapes.c"]
+    assert sorted(stats["covered_lines"]) == [lines["factorial"]]
+    assert sorted(stats["violation_lines"]) == [lines["triangle_area"]]
+    assert fact_line <= lines["factorial"] <= fact_line + 1
+
+
+def test_cobertura_is_wellformed_and_totals_agree(traced_outputs):
+    out = traced_outputs["inventory"]
+    root = ET.parse(out / "coverage.xml").getroot()
+    totals = coverage_json(out)["totals"]
+    assert int(root.get("lines-valid")) == totals["lines"]
+    assert int(root.get("lines-covered")) == totals["lines_hit"]
+
+
+# -- hostile input -----------------------------------------------------------------------
+
+def test_hostile_names_stay_text_and_lcov_records_stay_whole(traced_outputs):
+    out = traced_outputs["hostile"]
+    info = (out / "coverage.info").read_text()
+    for line in info.splitlines():
+        assert re.match(r"^(TN:|SF:|FN:\d+,\S+$|FNDA:\d+,\S+$|FNF:\d+$|FNH:\d+$|DA:\d+,\d+$|LF:\d+$|LH:\d+$|"
+                        r"end_of_record$)", line), line
+    assert "FNDA:1,weird_name" in info
+    page = (out / "html" / "index.html").read_text()
+    assert "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "it&#39;s &amp; &lt;b&gt;" in page
+
+
+def test_no_source_outside_source_root_is_read(traced_outputs):
+    out = traced_outputs["hostile"]
+    pages = "".join(p.read_text() for p in (out / "html").glob("*.html"))
+    assert "/etc/shadow" in pages  # named...
+    with open("/etc/shadow") as f:
+        secret_lines = [l.strip() for l in f if l.strip()]
+    for line in secret_lines[:5]:
+        assert line not in pages  # ...but never read
+    assert "it is outside --source-root, so it was not read" in pages
+
+
+# -- the HTML in a real browser ----------------------------------------------------------
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("chromium is not installed (scripts/setup-system.sh installs it)")
+
+
+def browser_dump(page: Path, tmp_path: Path) -> tuple[str, str]:
+    """(DOM after scripts ran, browser log) for `page` opened from file://."""
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=2000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    return result.stdout, result.stderr
+
+
+def test_html_renders_in_chromium_without_console_errors(traced_outputs, tmp_path):
+    page = traced_outputs["inventory"] / "html" / "index.html"
+    dom, log = browser_dump(page, tmp_path)
+    assert "Never-executed functions" in dom
+    assert "inv::Gadget::value() const" in dom
+    console_errors = [l for l in log.splitlines() if "CONSOLE" in l and ("ERROR" in l or "Uncaught" in l)]
+    assert not console_errors, console_errors
+
+
+def test_html_screenshot_is_drawn(traced_outputs, tmp_path):
+    page = traced_outputs["inventory"] / "html" / "index.html"
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real, non-blank picture
+
+
+def test_source_pages_mark_hit_and_unhit_functions(traced_outputs):
+    pages = list((traced_outputs["shapes"] / "html").glob("file*.html"))
+    assert pages
+    text = pages[0].read_text()
+    assert 'class="status hit"' in text and 'class="status unhit"' in text
+    assert "factorial" in text
+
+
+# -- golden files, from data made by hand (no BPF needed) --------------------------------
+
+def synthetic_run(lines: bool = False) -> RunCoverage:
+    functions = [
+        Function("main", "main", 0x1000, 0x1000, 40, "/src/app.c", 10, 20, (), ProbeStatus.ENTRY, 0x1000),
+        Function("_ZN3app4deadEv", "app::dead()", 0x1040, 0x1040, 300, "/src/app.c", 30, 40,
+                 ("_ZN3app4deadEv.localalias",), ProbeStatus.ENTRY, 0x1040),
+        Function("helper", "helper", 0x1200, 0x1200, 16, "/src/util/helper.c", 5, 7, (), ProbeStatus.MOVED, 0x1204,
+                 "first instruction refused (lock prefix); probed at +4"),
+        Function("locked", "locked", 0x1300, 0x1300, 8, None, None, None, (), ProbeStatus.UNMEASURED, None,
+                 "first two instructions refused"),
+        Function("_start", "_start", 0x900, 0x900, 34, None, None, None, (), ProbeStatus.ENTRY, 0x900),
+    ]
+    table = None
+    line_counts = None
+    if lines:
+        table = LineTable(["/src/app.c", "/src/util/helper.c"],
+                          np.array([0x1000, 0x1010, 0x1040, 0x1050, 0x1200], dtype=np.uint64),
+                          np.array([0x1000, 0x1010, 0x1040, 0x1050, 0x1200], dtype=np.uint64),
+                          np.array([0, 0, 0, 0, 1], dtype=np.int32), np.array([10, 12, 30, 31, 5], dtype=np.int32),
+                          np.array([0, 0, 1, 1, 2], dtype=np.int32))
+        line_counts = np.array([1, 3, 0, 0, 2], dtype=np.int64)
+    index = ObjectIndex("/bin/app", "abc123", functions, table, [], None)
+    return RunCoverage(mode="count", command=["/bin/app", "--flag"], started=1_700_000_000.0,
+                       ended=1_700_000_002.5, host="testhost", kernel="6.18", lines=lines,
+                       objects=[ObjectCoverage(index, np.array([1, 0, 7, 0, 1], dtype=np.int64), line_counts)],
+                       bpfcov_version="test")
+
+
+@pytest.mark.parametrize("lines", [False, True], ids=["functions", "lines"])
+def test_golden_lcov_and_json(tmp_path, lines):
+    report = build_report(synthetic_run(lines), ReportOptions(path_maps=[("/src/util", "/work/util")]))
+    write_reports(report, str(tmp_path), ["lcov", "json"], source_root=str(tmp_path))
+    suffix = "lines" if lines else "functions"
+    for produced, golden in ((tmp_path / "coverage.info", GOLDEN / f"{suffix}.info"),
+                             (tmp_path / "coverage.json", GOLDEN / f"{suffix}.json")):
+        if os.environ.get("BPFCOV_UPDATE_GOLDEN") == "1":
+            shutil.copy(produced, golden)
+        assert produced.read_text() == golden.read_text(), f"{produced.name} differs from {golden}"
+
+
+def test_unmeasured_functions_are_not_written_as_dead():
+    report = build_report(synthetic_run())
+    t = report.totals
+    assert (t.functions, t.functions_hit, t.functions_unmeasured) == (5, 3, 1)
+    assert t.dead_bytes == 300  # only app::dead()
+
+
+def test_relative_paths(tmp_path):
+    report = build_report(synthetic_run(), ReportOptions(relative_to="/src"))
+    assert [s.path for s in report.files] == ["app.c", "util/helper.c"]
+
+
+def test_data_file_round_trip(tmp_path):
+    run = synthetic_run(lines=True)
+    store.write(str(tmp_path / "a.db"), run)
+    back = store.read(str(tmp_path / "a.db"))
+    assert back.objects[0].index.functions == run.objects[0].index.functions
+    assert (back.objects[0].function_counts == run.objects[0].function_counts).all()
+    assert (back.objects[0].line_counts == run.objects[0].line_counts).all()
+    assert (back.mode, back.command, back.lines) == (run.mode, run.command, run.lines)
+
+
+def test_squarify_fills_the_box_with_proportional_areas():
+    values = [50, 30, 10, 6, 4]
+    rects = squarify(values, Rect(0, 0, 100, 50))
+    assert sum(r.w * r.h for r in rects) == pytest.approx(5000)
+    for v, r in zip(values, rects):
+        assert r.w * r.h == pytest.approx(5000 * v / 100)
+        assert 0 <= r.x and r.x + r.w <= 100.0001 and 0 <= r.y and r.y + r.h <= 50.0001
+
+
+def test_fail_under_exits_2_after_writing_reports(tmp_path):
+    store.write(str(tmp_path / "a.db"), synthetic_run())
+    result = bpfcov("report", tmp_path / "a.db", "-o", tmp_path / "out", "--fail-under", "90", check=False)
+    assert result.returncode == 2
+    assert (tmp_path / "out" / "coverage.info").exists()
+    assert bpfcov("report", tmp_path / "a.db", "-o", tmp_path / "out2", "--fail-under", "50").returncode == 0
