@@ -107,15 +107,23 @@ class Session:
             index = _filtered(index, self._wanted)
         return index
 
-    def add_object(self, path: str) -> None:
-        """Probe the object at `path`: now if tracing has begun, else at start()."""
-        index = self.index(path)
-        if index is None:
-            return
-        if self.tracer is None:
-            self._pending.append(index)
-        else:
-            self._attach(index)
+    def add_object(self, path: str, required: bool = True) -> None:
+        """Probe the object at `path`: now if tracing has begun, else at start().
+
+        An object that is not `required` and cannot be indexed or attached is skipped with
+        a warning."""
+        try:
+            index = self.index(path)
+            if index is None:
+                return
+            if self.tracer is None:
+                self._pending.append(index)
+            else:
+                self._attach(index)
+        except BpfcovError as e:
+            if required:
+                raise
+            say(self.options, f"warning: not tracing {path}: {e}")
 
     def _next_probe(self) -> int:
         return self.plans[-1].first_probe + self.plans[-1].probe_count if self.plans else 0

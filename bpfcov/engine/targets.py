@@ -93,10 +93,7 @@ def _wait_loop(session: Session, stopper: Stopper, alive: Callable[[], bool], du
             stopped = session.take_stopped()
             try:
                 for path in discover():
-                    try:
-                        session.add_object(path)
-                    except BpfcovError as e:
-                        say(session.options, f"warning: not tracing {path}: {e}")
+                    session.add_object(path, required=False)
             finally:
                 session.resume(stopped)
         if next_snapshot is not None and now >= next_snapshot and on_snapshot is not None:
@@ -156,10 +153,11 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
     proc = None
     try:
         for path in targets:
-            session.add_object(path)
+            # With --object, the command may be a mere launcher (a shell, a stripped tool).
+            session.add_object(path, required=not (objects and path == executable))
         if libs and is_elf:
             for path in linked_libraries(executable):
-                session.add_object(path)
+                session.add_object(path, required=False)
         session.start()
 
         procs_file = cgroup.procs_file
@@ -224,7 +222,7 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
             session.add_object(path)
         if libs:
             for path in mapped_objects(pid):
-                session.add_object(path)
+                session.add_object(path, required=False)
         session.start()
         if not process_exists(pid):
             raise BpfcovError(f"process {pid} exited during attach")
