@@ -10,6 +10,7 @@ import sys
 from bpfcov.commands.common import (Command, add_report_options, add_trace_options, check_output_dir,
                                     positive_float, validate_formats, write_all)
 from bpfcov.data import store
+from bpfcov.engine.program import check_privileges
 from bpfcov.engine.session import TraceOptions
 from bpfcov.engine.targets import trace_command, trace_paths, trace_pid
 from bpfcov.errors import BpfcovError, UsageError
@@ -21,6 +22,8 @@ def _options(args) -> TraceOptions:
 
 
 def _prepare(args) -> str:
+    """Checks that need no tracing, done before anything is attached."""
+    check_privileges()
     validate_formats(args)
     check_output_dir(args.output)
     return os.path.join(args.output, "bpfcov.db")
