@@ -9,12 +9,15 @@ DWARF for large objects.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 
 import numpy as np
 from elftools.common.exceptions import DWARFError, ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
+
+from bpfcov.probes.lineprogram import LineProgramError, decode
 
 
 class DwarfUnreadable(Exception):
@@ -33,21 +36,36 @@ class LineRows:
     # A row that ends a sequence marks the first address after it; rows past an end marker
     # must not describe the addresses up to the next sequence.
     end_sequence: np.ndarray  # bool
+    _address_list: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.address)
 
     def row_at(self, address: int) -> int | None:
-        """Index of the row describing `address` (the last row at or before it), if any."""
-        i = int(np.searchsorted(self.address, address, side="right")) - 1
-        if i < 0 or self.end_sequence[i]:
+        """Index of the row describing `address` (the first row at the last address at or
+        before it that does not end a sequence), if any."""
+        addresses = self.address_list
+        i = bisect.bisect_right(addresses, address) - 1
+        if i < 0:
             return None
-        # Several rows may share an address; the first of them is the one that begins there.
-        first = int(np.searchsorted(self.address, self.address[i], side="left"))
+        first = bisect.bisect_left(addresses, addresses[i])
         for j in range(first, i + 1):
             if not self.end_sequence[j]:
                 return j
         return None
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """Row indexes [lo, hi) of the addresses in [start, end)."""
+        addresses = self.address_list
+        return bisect.bisect_left(addresses, start), bisect.bisect_left(addresses, end)
+
+    @property
+    def address_list(self) -> list[int]:
+        # Searching a list of Python ints with bisect is far faster than np.searchsorted
+        # with a Python int, which converts the whole uint64 array on every call.
+        if self._address_list is None:
+            self._address_list = self.address.tolist()
+        return self._address_list
 
 
 def _file_names(lineprog, comp_dir: str) -> list[str]:
@@ -77,6 +95,7 @@ def read_line_rows(elf: ELFFile) -> LineRows | None:
         if not elf.has_dwarf_info():
             return None
         dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        data = dwarf.debug_line_sec.stream.getvalue() if dwarf.debug_line_sec is not None else b""
         files: list[str] = []
         file_ids: dict[str, int] = {}
         addr, fidx, line, stmt, endseq = [], [], [], [], []
@@ -94,17 +113,12 @@ def read_line_rows(elf: ELFFile) -> LineRows | None:
                     file_ids[name] = len(files)
                     files.append(name)
                 remap.append(file_ids[name])
-            for entry in lineprog.get_entries():
-                state = entry.state
-                if state is None:
-                    continue
-                f = state.file
-                addr.append(state.address)
-                fidx.append(remap[f] if 0 <= f < len(remap) else -1)
-                line.append(state.line)
-                stmt.append(state.is_stmt)
-                endseq.append(state.end_sequence)
-    except (DWARFError, ELFError, ELFParseError, KeyError, IndexError, ValueError,
+            first = len(fidx)
+            decode(data, lineprog.program_start_offset, lineprog.program_end_offset, lineprog.header,
+                   cu["address_size"], addr, fidx, line, stmt, endseq)
+            # File numbers are per compilation unit: make them indexes into `files`.
+            fidx[first:] = [remap[f] if 0 <= f < len(remap) else -1 for f in fidx[first:]]
+    except (DWARFError, ELFError, ELFParseError, LineProgramError, KeyError, IndexError, ValueError,
             AssertionError, UnicodeDecodeError, TypeError, AttributeError) as e:
         raise DwarfUnreadable(str(e) or type(e).__name__) from None
     except Exception as e:  # construct's own errors have no common base we can name

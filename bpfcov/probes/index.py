@@ -56,8 +56,7 @@ def _source_location(rows: LineRows | None, address: int, size: int):
         return None, None, None
     file_id = int(rows.file[i])
     first = int(rows.line[i])
-    lo = int(np.searchsorted(rows.address, address, side="left"))
-    hi = int(np.searchsorted(rows.address, address + max(size, 1), side="left"))
+    lo, hi = rows.span(address, address + max(size, 1))
     inside = rows.line[lo:hi][rows.file[lo:hi] == file_id]
     last = int(inside.max()) if len(inside) else first
     return rows.files[file_id], first, max(first, last)
