@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -57,18 +58,43 @@ def test_functions_equal_nm_text_symbols_with_aliases_folded(flavour, name):
         assert f.size == sizes[f.address]
 
 
+def gdb_lines(path: str, addresses: list[int]) -> list[tuple[str, int] | None]:
+    """(file, line) gdb gives for each address, in one gdb session."""
+    args = ["gdb", "-nx", "-batch"]
+    for a in addresses:
+        args += ["-ex", f"info line *{a:#x}"]
+    out = subprocess.run(args + [path], capture_output=True, text=True, check=True).stdout
+    answers = []
+    for line in out.splitlines():
+        m = re.match(r'Line (\d+) of "(.+?)"', line)
+        if m:
+            answers.append((m.group(2), int(m.group(1))))
+        elif line.startswith("No line number information"):
+            answers.append(None)
+    assert len(answers) == len(addresses)
+    return answers
+
+
 @pytest.mark.parametrize("name", ["shapes", "inventory", "forker", "threads"])
-def test_source_lines_equal_addr2line(name):
+def test_source_lines_equal_gdb_and_addr2line(name):
     path = target("O0", name)
     index = index_object(path, use_cache=False)
     located = [f for f in index.functions if f.file]
     assert len(located) >= 3
-    out = subprocess.run(["addr2line", "-e", path] + [hex(f.address) for f in located],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    for f, answer in zip(located, out):
+    by_gdb = gdb_lines(path, [f.address for f in located])
+    by_addr2line = subprocess.run(["addr2line", "-e", path] + [hex(f.address) for f in located],
+                                  capture_output=True, text=True, check=True).stdout.splitlines()
+    agreed_with_addr2line = 0
+    for f, gdb_answer, answer in zip(located, by_gdb, by_addr2line):
+        assert gdb_answer is not None and gdb_answer[1] == f.line, f.name
+        assert gdb_answer[0] == f.file or f.file.endswith("/" + gdb_answer[0]), f.name
         file, _, line = answer.partition(" ")[0].rpartition(":")
-        assert (os.path.normpath(file), int(line)) == (f.file, f.line), f.name
+        # addr2line (binutils 2.40) names the wrong file for some DWARF 5 rows that gdb
+        # reads right, so it is the second opinion here, and must agree on the line.
+        assert int(line) == f.line, f.name
+        agreed_with_addr2line += os.path.normpath(file) == f.file
         assert f.end_line >= f.line
+    assert agreed_with_addr2line >= len(located) * 0.9
 
 
 def test_functions_without_dwarf_have_no_file():
