@@ -45,5 +45,7 @@ def as_dict(report: Report) -> dict:
 
 
 def write(report: Report, out, sources=None) -> None:
-    json.dump(as_dict(report), out, indent=1, sort_keys=False)
+    # Compact: json's C encoder serves only calls without indent, and is ten times faster
+    # on large objects; `python -m json.tool` pretty-prints it for people.
+    out.write(json.dumps(as_dict(report), separators=(",", ":")))
     out.write("\n")
