@@ -1,4 +1,9 @@
-"""Options and steps shared by several subcommands."""
+"""Options and steps shared by several subcommands.
+
+The command modules import the engine and the report writers inside the functions that
+use them: `bpfcov run` starts compiling its BPF program before loading numpy, jinja2 and
+the rest, so that the two overlap (see bpfcov/commands/tracing.py).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,8 @@ import argparse
 import os
 import sys
 
-from bpfcov.data import store
-from bpfcov.data.model import RunCoverage
-from bpfcov.errors import BpfcovError, UsageError
-from bpfcov.report.pipeline import ReportOptions, build_report
-from bpfcov.report.writers import DEFAULT_FORMATS, parse_formats, write_reports
+from bpfcov.errors import BpfcovError
+from bpfcov.report.formats import DEFAULT_FORMATS, parse_formats
 
 
 class Command:
@@ -108,12 +110,12 @@ def check_output_dir(path: str) -> None:
         raise BpfcovError(f"cannot create output folder {path}: {e.strerror}") from None
 
 
-def report_options(args) -> ReportOptions:
-    return ReportOptions(path_maps=list(args.path_map), relative_to=args.relative_to)
-
-
-def write_all(run: RunCoverage, args, data_file: str | None, quiet: bool) -> int:
+def write_all(run, args, data_file: str | None, quiet: bool) -> int:
     """Write the data file (if asked) and the reports; print the summary; apply --fail-under."""
+    from bpfcov.data import store
+    from bpfcov.report.pipeline import ReportOptions, build_report
+    from bpfcov.report.writers import write_reports
+
     out = args.output
     formats = parse_formats(args.format)
     if data_file:
@@ -121,7 +123,7 @@ def write_all(run: RunCoverage, args, data_file: str | None, quiet: bool) -> int
             store.write(data_file, run)
         except OSError as e:
             raise BpfcovError(f"cannot write {data_file}: {e.strerror}") from None
-    report = build_report(run, report_options(args))
+    report = build_report(run, ReportOptions(path_maps=list(args.path_map), relative_to=args.relative_to))
     written = write_reports(report, out, formats, args.source_root, args.lcov_format)
     t = report.totals
     if not quiet:
@@ -147,7 +149,3 @@ def write_all(run: RunCoverage, args, data_file: str | None, quiet: bool) -> int
 
 def validate_formats(args) -> None:
     parse_formats(args.format)
-
-
-def reject(message: str) -> None:
-    raise UsageError(message)

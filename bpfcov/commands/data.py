@@ -7,8 +7,6 @@ import os
 import sys
 
 from bpfcov.commands.common import Command, add_report_options, check_output_dir, validate_formats, write_all
-from bpfcov.data import store
-from bpfcov.data.merge import diff, merge
 
 
 class ReportCommand(Command):
@@ -24,6 +22,8 @@ class ReportCommand(Command):
         add_report_options(parser)
 
     def run(self, args) -> int:
+        from bpfcov.data import store
+        from bpfcov.data.merge import merge
         validate_formats(args)
         runs = [store.read(p) for p in args.data]
         check_output_dir(args.output)
@@ -44,6 +44,8 @@ class MergeCommand(Command):
         parser.add_argument("-o", "--output", required=True, metavar="MERGED.db", help="the data file to write")
 
     def run(self, args) -> int:
+        from bpfcov.data import store
+        from bpfcov.data.merge import merge
         runs = [store.read(p) for p in args.data]
         check_output_dir(os.path.dirname(os.path.abspath(args.output)))
         merged = merge(runs)
@@ -63,6 +65,8 @@ class DiffCommand(Command):
         parser.add_argument("--json", action="store_true", help="print JSON")
 
     def run(self, args) -> int:
+        from bpfcov.data import store
+        from bpfcov.data.merge import diff
         result = diff(store.read(args.old), store.read(args.new))
         if args.json:
             def rows(changes):

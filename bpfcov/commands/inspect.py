@@ -6,7 +6,6 @@ import json
 import sys
 
 from bpfcov.commands.common import Command
-from bpfcov.probes.index import index_object
 
 
 class SymbolsCommand(Command):
@@ -27,6 +26,7 @@ class SymbolsCommand(Command):
         parser.add_argument("--no-cache", action="store_true", help="index afresh, ignoring the cache")
 
     def run(self, args) -> int:
+        from bpfcov.probes.index import index_object
         index = index_object(args.path, lines=args.lines, debug_dirs=tuple(args.debug_dir),
                              use_cache=not args.no_cache)
         for warning in index.warnings:

@@ -1,4 +1,9 @@
-"""run, attach and watch: the three subcommands that trace."""
+"""run, attach and watch: the three subcommands that trace.
+
+Each starts compiling its BPF program (half a second of clang, on a background thread)
+as soon as its options are checked, and only then loads the engine, so that compiling,
+importing and indexing overlap.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +14,51 @@ import sys
 
 from bpfcov.commands.common import (Command, add_report_options, add_trace_options, check_output_dir,
                                     positive_float, validate_formats, write_all)
-from bpfcov.data import store
-from bpfcov.engine.program import check_privileges
-from bpfcov.engine.session import TraceOptions
-from bpfcov.engine.targets import trace_command, trace_paths, trace_pid
+from bpfcov.engine.program import ProgramBuilder, check_privileges, spare_slots
 from bpfcov.errors import BpfcovError, UsageError
 
 
-def _options(args) -> TraceOptions:
+def _options(args, libs: bool):
+    from bpfcov.engine.session import TraceOptions
     return TraceOptions(mode=args.mode, lines=args.lines, include=args.include, exclude=args.exclude,
-                        debug_dirs=tuple(args.debug_dir), quiet=args.quiet)
+                        debug_dirs=tuple(args.debug_dir), quiet=args.quiet,
+                        spare_slots=spare_slots(args.lines, libs))
 
 
-def _prepare(args) -> str:
-    """Checks that need no tracing, done before anything is attached."""
+def _absolute_paths(args) -> None:
+    """Make every path the user gave absolute. bcc changes the process's working folder
+    while it compiles (to the kernel headers), and it compiles on another thread while
+    this one goes on: a relative path resolved then would point into the headers."""
+    here = os.getcwd()
+
+    def absolute(path):
+        return os.path.join(here, path) if path and not os.path.isabs(path) else path
+
+    args.output = absolute(args.output)
+    args.object = [absolute(p) for p in args.object]
+    args.debug_dir = [absolute(p) for p in args.debug_dir]
+    args.source_root = absolute(args.source_root or here)
+    args.relative_to = absolute(args.relative_to)
+    if getattr(args, "paths", None):
+        args.paths = [absolute(p) for p in args.paths]
+    if getattr(args, "command", None) and "/" in args.command[0]:
+        args.command[0] = absolute(args.command[0])
+
+
+def _prepare(args, cgroup_filter: bool = False, loader_hook: bool = False) -> tuple[str, ProgramBuilder]:
+    """Check what needs no tracing, then start compiling: (data file path, compile)."""
     check_privileges()
     validate_formats(args)
     check_output_dir(args.output)
-    return os.path.join(args.output, "bpfcov.db")
+    _absolute_paths(args)
+    builder = ProgramBuilder(args.mode == "hit", cgroup_filter, loader_hook,
+                             slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, loader_hook))
+    return os.path.join(args.output, "bpfcov.db"), builder
 
 
 def _snapshot_writer(data_file: str):
+    from bpfcov.data import store
+
     def write_snapshot(run) -> None:
         try:
             store.write(data_file, run)
@@ -62,9 +91,10 @@ class RunCommand(Command):
             args.command = args.command[1:]
         if not args.command:
             raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
-        data_file = _prepare(args)
-        run, ending = trace_command(args.command, _options(args), args.object, args.libs, args.duration,
-                                    args.interval, _snapshot_writer(data_file))
+        data_file, builder = _prepare(args, cgroup_filter=True, loader_hook=args.libs)
+        from bpfcov.engine.targets import trace_command
+        run, ending = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
+                                    args.interval, _snapshot_writer(data_file), builder)
         status = write_all(run, args, data_file, args.quiet) if run is not None else 1
         if ending.signal is not None:
             if not args.quiet:
@@ -95,9 +125,10 @@ class AttachCommand(Command):
         add_report_options(parser)
 
     def run(self, args) -> int:
-        data_file = _prepare(args)
-        run = trace_pid(args.pid, _options(args), args.object, args.libs, args.duration, args.interval,
-                        _snapshot_writer(data_file))
+        data_file, builder = _prepare(args, loader_hook=args.libs)
+        from bpfcov.engine.targets import trace_pid
+        run = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration, args.interval,
+                        _snapshot_writer(data_file), builder)
         if run is None:
             raise BpfcovError("tracing did not start")
         return write_all(run, args, data_file, args.quiet)
@@ -118,9 +149,10 @@ class WatchCommand(Command):
         add_report_options(parser)
 
     def run(self, args) -> int:
-        data_file = _prepare(args)
-        run = trace_paths(list(args.paths) + list(args.object), _options(args), args.duration, args.interval,
-                          _snapshot_writer(data_file))
+        data_file, builder = _prepare(args)
+        from bpfcov.engine.targets import trace_paths
+        run = trace_paths(list(args.paths) + list(args.object), _options(args, False), args.duration,
+                          args.interval, _snapshot_writer(data_file), builder)
         if run is None:
             raise BpfcovError("tracing did not start")
         return write_all(run, args, data_file, args.quiet)

@@ -36,6 +36,9 @@ class RunCoverage:
     objects: list[ObjectCoverage] = field(default_factory=list)
     complete: bool = True       # False for a periodic snapshot of a run still going
     bpfcov_version: str = ""
+    # How the tracing went (relinks, time spent relinking, probes left at exit, bpfcov's
+    # peak memory): for benchmarks and for people wondering what bpfcov cost.
+    stats: dict = field(default_factory=dict)
 
     @property
     def duration(self) -> float | None:

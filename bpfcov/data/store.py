@@ -74,6 +74,7 @@ def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
         "started": repr(run.started), "ended": "" if run.ended is None else repr(run.ended),
         "host": run.host, "kernel": run.kernel, "lines": "1" if run.lines else "0",
         "complete": "1" if run.complete else "0", "bpfcov_version": run.bpfcov_version,
+        "stats": json.dumps(run.stats),
     }
     db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
     for object_id, obj in enumerate(run.objects):
@@ -123,7 +124,8 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
     run = RunCoverage(
         mode=meta["mode"], command=json.loads(meta["command"]), started=float(meta["started"]),
         ended=float(meta["ended"]) if meta["ended"] else None, host=meta["host"], kernel=meta["kernel"],
-        lines=meta["lines"] == "1", complete=meta["complete"] == "1", bpfcov_version=meta["bpfcov_version"])
+        lines=meta["lines"] == "1", complete=meta["complete"] == "1", bpfcov_version=meta["bpfcov_version"],
+        stats=json.loads(meta.get("stats") or "{}"))
     for object_id, path, build_id, debug_file, warnings in db.execute(
             "SELECT id, path, build_id, debug_file, warnings FROM objects ORDER BY id"):
         functions, counts = [], []

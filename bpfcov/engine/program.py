@@ -10,13 +10,23 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 from importlib import resources
-
-import numpy as np
 
 from bpfcov.errors import BpfcovError
 
 BPF_TRACE_UPROBE_MULTI = 48
+
+# Probe slots kept for objects found during a run with --libs (dlopen).
+SPARE_SLOTS_FUNCTIONS = 1 << 18
+SPARE_SLOTS_LINES = 1 << 21
+
+
+def spare_slots(lines: bool, libs: bool) -> int:
+    """Probe slots to keep for objects that appear during the run."""
+    if not libs:
+        return 0
+    return SPARE_SLOTS_LINES if lines else SPARE_SLOTS_FUNCTIONS
 
 
 def _import_bcc():
@@ -36,7 +46,7 @@ def check_privileges() -> None:
 class CounterProgram:
     """The compiled BPF program with its maps. Close it to release every kernel object."""
 
-    def __init__(self, slots: int, hit_mode: bool, cgroup_id: int | None = None, loader_hook: bool = False):
+    def __init__(self, slots: int, hit_mode: bool, cgroup_filter: bool = False, loader_hook: bool = False):
         bcc = _import_bcc()
         check_privileges()
         self.slots = max(1, slots)
@@ -51,7 +61,7 @@ class CounterProgram:
             while pages * mmap.PAGESIZE < need and pages < (1 << 16):
                 pages *= 2
             cflags += ["-DHIT_MODE", f"-DRINGBUF_PAGES={pages}"]
-        if cgroup_id is not None:
+        if cgroup_filter:
             cflags.append("-DCGROUP_FILTER")
         if loader_hook:
             cflags.append("-DLOADER_HOOK")
@@ -63,13 +73,12 @@ class CounterProgram:
         except Exception as e:  # bcc raises bare Exceptions for compile and load failures
             raise BpfcovError(f"cannot load the BPF program: {str(e).splitlines()[0] if str(e) else e} "
                               f"(are kernel headers installed under /lib/modules/{os.uname().release}/build?)") from None
-        if cgroup_id is not None:
-            table = self._bpf["target_cgroup"]
-            table[table.Key(0)] = table.Leaf(cgroup_id)
+        self.cgroup_filter = cgroup_filter
         counts_fd = self._bpf["counts"].map_fd
         size = self.slots * 8
         self._mmap = mmap.mmap(counts_fd, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
                                mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        import numpy as np  # here, not at the top: the CLI imports this module before compiling starts
         self.counts = np.frombuffer(self._mmap, dtype=np.uint64, count=self.slots)
         self._first_hits: list[int] = []
         self._loader_pids: list[int] = []
@@ -77,6 +86,11 @@ class CounterProgram:
             self._bpf["first_hits"].open_ring_buffer(self._on_first_hit)
         if loader_hook:
             self._bpf["loader_events"].open_ring_buffer(self._on_loader_event)
+
+    def filter_cgroup(self, cgroup_id: int) -> None:
+        """Count only tasks of the cgroup v2 whose id is `cgroup_id` (before attaching)."""
+        table = self._bpf["target_cgroup"]
+        table[table.Key(0)] = table.Leaf(cgroup_id)
 
     @property
     def prog_fd(self) -> int:
@@ -119,3 +133,48 @@ class CounterProgram:
             pass
         self._bpf.cleanup()
         self._bpf = None
+
+
+class ProgramBuilder:
+    """Compiles the counter program on a background thread, so that clang's half second
+    overlaps indexing and imports (bcc's compile call releases the GIL).
+
+    The number of probe slots is part of the compiled program, but it is known only after
+    indexing; the builder compiles for a guess, and `get` compiles again in the rare case
+    the guess was too small.
+    """
+
+    GUESS = 1 << 16
+
+    def __init__(self, hit_mode: bool, cgroup_filter: bool = False, loader_hook: bool = False,
+                 slots_guess: int = GUESS):
+        self._options = (hit_mode, cgroup_filter, loader_hook)
+        self._guess = slots_guess
+        self._program: CounterProgram | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._build, name="bpfcov-compile", daemon=True)
+        self._thread.start()
+
+    def _build(self) -> None:
+        try:
+            self._program = CounterProgram(self._guess, *self._options)
+        except BaseException as e:  # handed to the caller of get()
+            self._error = e
+
+    def get(self, slots: int) -> CounterProgram:
+        """A loaded program with at least `slots` probe slots."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        program, self._program = self._program, None
+        if program.slots >= slots:
+            return program
+        program.close()
+        return CounterProgram(slots, *self._options)
+
+    def discard(self) -> None:
+        """Release the program if nobody took it."""
+        self._thread.join()
+        if self._program is not None:
+            self._program.close()
+            self._program = None

@@ -13,6 +13,7 @@ when it ends (see targets.py); everything here is shared by them:
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ import numpy as np
 from bpfcov import __version__
 from bpfcov.data.model import ObjectCoverage, RunCoverage
 from bpfcov.engine.plan import ObjectPlan, function_filter, plan_object
-from bpfcov.engine.program import CounterProgram
+from bpfcov.engine.program import CounterProgram, ProgramBuilder
 from bpfcov.engine.tracer import DEFAULT_SHARD_SIZE, Tracer
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.index import index_object
@@ -69,8 +70,9 @@ def say(options: TraceOptions, message: str) -> None:
 
 class Session:
     def __init__(self, options: TraceOptions, command: list[str], pid_filter: int = 0,
-                 cgroup_id: int | None = None, loader: str | None = None):
-        """`loader`: the dynamic loader's path, to catch dlopen() at once (for --libs)."""
+                 cgroup_id: int | None = None, loader: str | None = None, builder: ProgramBuilder | None = None):
+        """`loader`: the dynamic loader's path, to catch dlopen() at once (for --libs).
+        `builder`: a compile already under way (see program_builder); else one starts now."""
         self.options = options
         self.loader = loader
         # Set when there is something for the waiting thread to do: a stop request or a
@@ -88,9 +90,12 @@ class Session:
             if options.include or options.exclude else None
         self.program: CounterProgram | None = None
         self.tracer: Tracer | None = None
+        self._builder = builder or ProgramBuilder(options.mode == "hit", cgroup_id is not None, loader is not None,
+                                                  slots_guess=ProgramBuilder.GUESS + options.spare_slots)
         self.started = time.time()
         self.ended: float | None = None
         self.warnings: list[str] = []
+        self._probes_left: int | None = None  # probes still attached when tracing stopped
 
     # -- objects -----------------------------------------------------------------------
     def index(self, path: str) -> ObjectIndex | None:
@@ -144,8 +149,9 @@ class Session:
         """Load the BPF program and attach every pending object."""
         first = [plan_object(ix, 0) for ix in self._pending]
         slots = sum(p.probe_count for p in first) + self.options.spare_slots
-        self.program = CounterProgram(slots, self.options.mode == "hit", self.cgroup_id,
-                                      loader_hook=self.loader is not None)
+        self.program = self._builder.get(slots)
+        if self.cgroup_id is not None:
+            self.program.filter_cgroup(self.cgroup_id)
         self.tracer = Tracer(self.program, self.pid_filter, self.options.shard_size,
                              on_loader_stop=self._loader_stopped)
         pending, self._pending = self._pending, []
@@ -206,7 +212,19 @@ class Session:
             mode=self.options.mode, command=list(self.command), started=self.started,
             ended=self.ended if complete else time.time(), host=socket.gethostname(),
             kernel=os.uname().release, lines=self.options.lines, objects=objects,
-            complete=complete, bpfcov_version=__version__)
+            complete=complete, bpfcov_version=__version__, stats=self.stats())
+
+    def stats(self) -> dict:
+        tracer = self.tracer.stats if self.tracer is not None else None
+        return {
+            "probes": sum(p.probe_count for p in self.plans),
+            "relinks": tracer.relinks if tracer else 0,
+            "relink_seconds": round(tracer.relink_seconds, 4) if tracer else 0.0,
+            "links_created": tracer.links_created if tracer else 0,
+            "probes_left": self._probes_left if self._probes_left is not None else
+            (self.tracer.probes_left if self.tracer else 0),
+            "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
 
     def snapshot(self) -> RunCoverage:
         """The counts so far, for a periodic snapshot; tracing goes on."""
@@ -220,11 +238,13 @@ class Session:
         counts = None
         try:
             if self.tracer is not None:
+                self._probes_left = self.tracer.probes_left
                 self.tracer.close()
                 for e in self.tracer.stats.errors[:3]:
                     say(self.options, f"warning: {e}")
         finally:
             self.resume(self.take_stopped())  # never leave a process stopped
+            self._builder.discard()
             if self.program is not None:
                 counts = self.program.snapshot()
                 self.program.close()

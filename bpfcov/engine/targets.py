@@ -23,15 +23,13 @@ from typing import Callable
 
 from bpfcov.data.model import RunCoverage
 from bpfcov.engine.cgroup import RunCgroup
+from bpfcov.engine.program import spare_slots
 from bpfcov.engine.processes import executable_of, linked_libraries, mapped_objects, process_exists
 from bpfcov.engine.session import Session, TraceOptions, say
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.elf import ElfObject
 
 POLL_SECONDS = 0.05
-# Probe slots kept for objects found during a run with --libs (dlopen).
-SPARE_SLOTS_FUNCTIONS = 1 << 18
-SPARE_SLOTS_LINES = 1 << 21
 
 
 @dataclass
@@ -132,7 +130,7 @@ def resolve_command(command: list[str]) -> str:
 
 def trace_command(command: list[str], options: TraceOptions, objects: list[str], libs: bool,
                   duration: float | None = None, interval: float | None = None,
-                  on_snapshot=None) -> tuple[RunCoverage | None, Ending]:
+                  on_snapshot=None, builder=None) -> tuple[RunCoverage | None, Ending]:
     executable = resolve_command(command)
     targets = list(objects)
     with open(executable, "rb") as f:
@@ -144,11 +142,10 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
                           "trace with --object PATH")
     for path in targets:
         _check_elf(path)
-    if libs:
-        options.spare_slots = SPARE_SLOTS_LINES if options.lines else SPARE_SLOTS_FUNCTIONS
+    options.spare_slots = spare_slots(options.lines, libs)
     cgroup = RunCgroup()
     loader = interpreter_of(executable) if libs and is_elf else None
-    session = Session(options, command, pid_filter=0, cgroup_id=cgroup.id, loader=loader)
+    session = Session(options, command, pid_filter=0, cgroup_id=cgroup.id, loader=loader, builder=builder)
     ending = Ending()
     proc = None
     try:
@@ -202,21 +199,20 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
 
 def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
               duration: float | None = None, interval: float | None = None,
-              on_snapshot=None) -> RunCoverage | None:
+              on_snapshot=None, builder=None) -> RunCoverage | None:
     if pid <= 0 or not process_exists(pid):
         raise BpfcovError(f"no process with pid {pid}")
     executable = executable_of(pid)
     targets = [executable] + list(objects)
     for path in targets:
         _check_elf(path)
-    if libs:
-        options.spare_slots = SPARE_SLOTS_LINES if options.lines else SPARE_SLOTS_FUNCTIONS
+    options.spare_slots = spare_slots(options.lines, libs)
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise BpfcovError(f"process {pid} exited before bpfcov could attach") from None
     loader = next((p for p in mapped_objects(pid) if os.path.basename(p).startswith("ld-")), None) if libs else None
-    session = Session(options, [f"pid {pid}", executable], pid_filter=pid, loader=loader)
+    session = Session(options, [f"pid {pid}", executable], pid_filter=pid, loader=loader, builder=builder)
     try:
         for path in targets:
             session.add_object(path)
@@ -241,12 +237,12 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
 
 
 def trace_paths(paths: list[str], options: TraceOptions, duration: float | None = None,
-                interval: float | None = None, on_snapshot=None) -> RunCoverage | None:
+                interval: float | None = None, on_snapshot=None, builder=None) -> RunCoverage | None:
     if not paths:
         raise BpfcovError("watch needs at least one PATH to an ELF object")
     for path in paths:
         _check_elf(path)
-    session = Session(options, ["watch"] + [os.path.realpath(p) for p in paths], pid_filter=0)
+    session = Session(options, ["watch"] + [os.path.realpath(p) for p in paths], pid_filter=0, builder=builder)
     try:
         for path in paths:
             session.add_object(path)

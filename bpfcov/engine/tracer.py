@@ -141,7 +141,8 @@ class Tracer:
     def _relink_loop(self) -> None:
         while not self._stop.is_set():
             # Poll briefly while some shard waits for its close, so it is narrowed promptly.
-            hits, stopped = self.program.wait_events(2 if self._dirty.is_set() else 100)
+            # The idle timeout bounds how long close() waits for this thread to notice.
+            hits, stopped = self.program.wait_events(2 if self._dirty.is_set() else 20)
             if stopped and self._on_loader_stop is not None:
                 self._on_loader_stop(stopped)
             if self._stop.is_set():

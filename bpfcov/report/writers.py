@@ -14,21 +14,9 @@ import tempfile
 
 from bpfcov.errors import BpfcovError
 from bpfcov.report import cobertura, html, jsonreport, lcov
+from bpfcov.report.formats import FILE_NAMES
 from bpfcov.report.model import Report
 from bpfcov.report.sources import SourceReader
-
-FORMATS = ("lcov", "html", "json", "cobertura")
-DEFAULT_FORMATS = ("lcov", "html", "json")
-FILE_NAMES = {"lcov": "coverage.info", "html": "html", "json": "coverage.json", "cobertura": "coverage.xml"}
-
-
-def parse_formats(text: str) -> list[str]:
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise BpfcovError(f"unknown report format {', '.join(unknown) or repr(text)}: choose from {', '.join(FORMATS)}")
-    return formats
-
 
 def _write_file(path: str, render) -> None:
     directory = os.path.dirname(path)
