@@ -5,6 +5,7 @@
  *   shapes apply double|negate X           -> calls a transform through a pointer
  *   shapes lock                            -> runs a function whose first instruction
  *                                             has a LOCK prefix (uprobes refuse it)
+ *   shapes crash                           -> computes 4!, then dies of SIGSEGV
  *   shapes serve                           -> reads "circle R" / "square S" lines from
  *                                             stdin until EOF, printing each area (a
  *                                             long-lived process to attach to)
@@ -72,7 +73,7 @@ int unused_exported_helper(int x) /* exported but never called */
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: shapes area circle|square N | fact N | apply double|negate X | lock | serve\n");
+    fprintf(stderr, "usage: shapes area circle|square N | fact N | apply double|negate X | lock | serve | crash\n");
     return 2;
 }
 
@@ -127,6 +128,12 @@ int main(int argc, char **argv)
         return cmd_apply(argc - 2, argv + 2);
     if (strcmp(argv[1], "serve") == 0)
         return cmd_serve();
+    if (strcmp(argv[1], "crash") == 0) {
+        printf("%lu\n", factorial(4));
+        fflush(stdout);
+        volatile int *nowhere = NULL;
+        return *nowhere; /* SIGSEGV: the tracer must keep what ran before */
+    }
     if (strcmp(argv[1], "lock") == 0) {
         int counter = 0;
         for (int i = 0; i < 3; i++)
