@@ -13,6 +13,7 @@ session is finished (every link closed) before these return or raise.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -44,12 +45,15 @@ class Stopper:
     """Turns SIGINT, SIGTERM and SIGHUP into a request to stop, so that coverage is saved.
 
     `forward` (for `run`) passes each signal on to the traced command; then bpfcov keeps
-    waiting for the command to end, and only a second signal makes it stop waiting.
+    waiting for the command to end, and only a second signal makes it stop waiting. When
+    there is no command to pass it to (yet), `forward` returns False and bpfcov stops.
+    Install it before attaching: a signal must never find bpfcov with its probes attached
+    and without this handler.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, event: threading.Event, forward: Callable[[int], None] | None = None):
+    def __init__(self, event: threading.Event, forward: Callable[[int], bool] | None = None):
         self.event = event  # set on every signal, so that a waiting loop wakes at once
         self._stop = False
         self.received: list[int] = []
@@ -67,9 +71,7 @@ class Stopper:
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
-        if self._forward is not None and len(self.received) == 1:
-            self._forward(signum)
-        else:
+        if self._forward is None or len(self.received) > 1 or not self._forward(signum):
             self._stop = True
         self.event.set()
 
@@ -148,44 +150,46 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
     session = Session(options, command, pid_filter=0, cgroup_id=cgroup.id, loader=loader, builder=builder)
     ending = Ending()
     proc = None
-    try:
-        for path in targets:
-            # With --object, the command may be a mere launcher (a shell, a stripped tool).
-            session.add_object(path, required=not (objects and path == executable))
-        if libs and is_elf:
-            for path in linked_libraries(executable):
-                session.add_object(path, required=False)
-        session.start()
 
-        procs_file = cgroup.procs_file
-
-        def enter_cgroup() -> None:  # runs in the child between fork and exec
-            with open(procs_file, "w") as f:
-                f.write(str(os.getpid()))
-
+    def forward(signum: int) -> bool:
+        if proc is None or proc.poll() is not None:
+            return False
         try:
-            proc = subprocess.Popen(command, executable=executable if is_elf else None,
-                                    preexec_fn=enter_cgroup)
-        except OSError as e:
-            raise BpfcovError(f"cannot start {command[0]}: {e.strerror}") from None
+            proc.send_signal(signum)
+        except OSError:
+            return False
+        return True
 
-        def forward(signum: int) -> None:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signum)
-                except OSError:
-                    pass
+    def discover() -> list[str]:
+        found = []
+        for pid in cgroup.pids():
+            found.extend(p for p in mapped_objects(pid) if p not in found)
+        return found
 
-        def discover() -> list[str]:
-            found = []
-            for pid in cgroup.pids():
-                found.extend(p for p in mapped_objects(pid) if p not in found)
-            return found
+    procs_file = cgroup.procs_file
 
+    def enter_cgroup() -> None:  # runs in the child between fork and exec
+        with open(procs_file, "w") as f:
+            f.write(str(os.getpid()))
+
+    try:
         with Stopper(session.wake, forward) as stopper:
-            _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot,
-                       discover if libs else None)
-        code = proc.poll()
+            for path in targets:
+                # With --object, the command may be a mere launcher (a shell, a stripped tool).
+                session.add_object(path, required=not (objects and path == executable))
+            if libs and is_elf:
+                for path in linked_libraries(executable):
+                    session.add_object(path, required=False)
+            session.start()
+            if not stopper.stop_requested:  # else interrupted before the command started
+                try:
+                    proc = subprocess.Popen(command, executable=executable if is_elf else None,
+                                            preexec_fn=enter_cgroup)
+                except OSError as e:
+                    raise BpfcovError(f"cannot start {command[0]}: {e.strerror}") from None
+                _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot,
+                           discover if libs else None)
+        code = proc.poll() if proc is not None else None
         if code is not None:
             if code < 0:
                 ending.signal = -code
@@ -213,21 +217,19 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
         raise BpfcovError(f"process {pid} exited before bpfcov could attach") from None
     loader = next((p for p in mapped_objects(pid) if os.path.basename(p).startswith("ld-")), None) if libs else None
     session = Session(options, [f"pid {pid}", executable], pid_filter=pid, loader=loader, builder=builder)
+    def alive() -> bool:
+        return not select.select([pidfd], [], [], 0)[0]
+
     try:
-        for path in targets:
-            session.add_object(path)
-        if libs:
-            for path in mapped_objects(pid):
-                session.add_object(path, required=False)
-        session.start()
-        if not process_exists(pid):
-            raise BpfcovError(f"process {pid} exited during attach")
-
-        def alive() -> bool:
-            import select
-            return not select.select([pidfd], [], [], 0)[0]
-
         with Stopper(session.wake) as stopper:
+            for path in targets:
+                session.add_object(path)
+            if libs:
+                for path in mapped_objects(pid):
+                    session.add_object(path, required=False)
+            session.start()
+            if not process_exists(pid):
+                raise BpfcovError(f"process {pid} exited during attach")
             _wait_loop(session, stopper, alive, duration, interval, on_snapshot,
                        (lambda: mapped_objects(pid)) if libs else None)
     finally:
@@ -244,10 +246,10 @@ def trace_paths(paths: list[str], options: TraceOptions, duration: float | None 
         _check_elf(path)
     session = Session(options, ["watch"] + [os.path.realpath(p) for p in paths], pid_filter=0, builder=builder)
     try:
-        for path in paths:
-            session.add_object(path)
-        session.start()
         with Stopper(session.wake) as stopper:
+            for path in paths:
+                session.add_object(path)
+            session.start()
             _wait_loop(session, stopper, lambda: True, duration, interval, on_snapshot, None)
     finally:
         run = session.finish()
