@@ -1,8 +1,9 @@
 """A per-object cache of probe indexes, so a second run on the same binary starts fast.
 
 Entries live under $XDG_CACHE_HOME/bpfcov (default ~/.cache/bpfcov), one .npz file each,
-keyed by the object's build-id (or, without one, its real path, size and mtime) plus the
-options that shape the index. numpy loads them with allow_pickle=False, so a planted file
+keyed by the object's build-id (or, without one, its real path, size and mtime), whether
+it carries its own symbols and DWARF (else which debug file it would use), and the options
+that shape the index. numpy loads them with allow_pickle=False, so a planted file
 cannot run code; an entry that fails to load or whose recorded key differs is deleted and
 rebuilt, never trusted.
 """
@@ -16,6 +17,7 @@ import tempfile
 
 import numpy as np
 
+from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 
@@ -30,9 +32,13 @@ def cache_dir() -> str:
 def key_for(path: str, lines: bool, debug_dirs: tuple[str, ...]) -> str:
     with ElfObject(path) as obj:
         build_id = obj.build_id()
+        # The same build stripped or not, with or without its debug file, indexes differently.
+        complete = obj.has_symtab() and obj.has_dwarf()
+        debug_file = None if complete else find_debug_file(obj, debug_dirs)
     st = os.stat(path)
     identity = f"build-id:{build_id}" if build_id else f"file:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-    text = json.dumps([SCHEMA, identity, lines, sorted(debug_dirs)])
+    debug = [debug_file, os.stat(debug_file).st_mtime_ns] if debug_file else None
+    text = json.dumps([SCHEMA, identity, complete, debug, lines, sorted(debug_dirs)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
