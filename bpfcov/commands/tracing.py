@@ -47,8 +47,11 @@ def _absolute_paths(args) -> None:
 
 def _prepare(args, cgroup_filter: bool = False, loader_hook: bool = False) -> tuple[str, ProgramBuilder]:
     """Check what needs no tracing, then start compiling: (data file path, compile)."""
-    check_privileges()
     validate_formats(args)
+    if args.interval and getattr(args, "duration", None) and args.interval >= args.duration:
+        raise UsageError(f"--interval {args.interval:g} is not shorter than --duration {args.duration:g}: "
+                         "no snapshot would ever be written")
+    check_privileges()
     check_output_dir(args.output)
     _absolute_paths(args)
     builder = ProgramBuilder(args.mode == "hit", cgroup_filter, loader_hook,

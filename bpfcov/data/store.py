@@ -60,11 +60,16 @@ def write(path: str, run: RunCoverage) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, sqlite3.Error):
+            why = "No space left on device" if "full" in str(e) else str(e)
+            raise BpfcovError(f"cannot write {path}: {why}") from e
+        if isinstance(e, OSError):
+            raise BpfcovError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 

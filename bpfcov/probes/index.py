@@ -169,6 +169,12 @@ def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (
     progress = Progress(f"indexing {os.path.basename(path)}", quiet=quiet)
     try:
         index = _build(path, lines, debug_dirs, progress)
+    except BpfcovError:
+        raise
+    except Exception as e:
+        # The file is untrusted input: whatever a malformed one makes the ELF reader raise
+        # is the file's fault, said in one line (the cause stays chained for --debug).
+        raise BpfcovError(f"{path}: malformed ELF file ({type(e).__name__}: {str(e)[:200]})") from e
     finally:
         progress.done()
     if key is not None:
