@@ -1,0 +1,23 @@
+"""The benchmark script runs end to end (tiny sizes, one run each): no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_quick_fills_every_section(bpf, tmp_path):
+    subprocess.run([sys.executable, ROOT / "bench/run.py", "--quick", "--out", tmp_path], check=True,
+                   capture_output=True, timeout=900, cwd=ROOT)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["workload"]["2000"]) == {"untraced", "hit", "lines", "count"}
+    assert results["workload"]["2000"]["hit"]["probes"] > 1000
+    assert [r["probes"] // 100 for r in results["attach"]] == [1, 10]  # N functions plus main and crt
+    assert results["accuracy"]["count"]["missed"] == []
+    assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
+    text = (tmp_path / "RESULTS.md").read_text()
+    for heading in ("sqlite workload", "Attach and detach", "Indexing", "Reports", "Accuracy"):
+        assert heading in text
