@@ -1,0 +1,309 @@
+"""bpfcov's benchmarks: every figure a ratio or a time measured within one run.
+
+    .venv/bin/python bench/run.py            # the full set (make bench), under 15 minutes
+    .venv/bin/python bench/run.py --quick    # tiny sizes, one run each: proves it works
+
+Writes bench/RESULTS.md (a table for people) and bench/results.json (the same figures for
+scripts). See bench/README.md for how to read them. Runs of the things compared are
+interleaved (A B A B ...), so drifting machine load hits all of them alike, and the median
+of the runs is reported with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORKLOAD = ROOT / "sample_targets/build/sqlite/workload"
+BPFCOV = [sys.executable, "-m", "bpfcov"]
+
+
+def seconds_of(stderr: str) -> float:
+    return float(re.search(r"workload-seconds: ([\d.]+)", stderr).group(1))
+
+
+def run_workload(mode: str, n: int, out: Path) -> dict:
+    """One run: the program's own time, the wall time, and bpfcov's stats."""
+    shutil.rmtree(out, ignore_errors=True)
+    if mode == "untraced":
+        cmd = [str(WORKLOAD), str(n)]
+    elif mode == "callgrind":
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.callgrind", str(WORKLOAD), str(n)]
+    else:
+        extra = {"hit": [], "count": ["--mode", "count"], "lines": ["--lines"]}[mode]
+        cmd = BPFCOV + ["run", "-q", "-o", str(out), "--format", "lcov,html,json", *extra, "--", str(WORKLOAD), str(n)]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {mode} N={n} failed:\n{result.stderr[-2000:]}")
+    row = {"program_seconds": seconds_of(result.stderr), "wall_seconds": wall}
+    if mode in ("hit", "count", "lines"):
+        from bpfcov.data import store
+        row["stats"] = store.read(str(out / "bpfcov.db")).stats
+    return row
+
+
+def summarize(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def workload_rows(n: int, modes: list[str], runs: int, tmp: Path) -> dict:
+    samples: dict[str, list[dict]] = {m: [] for m in modes}
+    for _ in range(runs):
+        for mode in modes:  # interleaved: A B C A B C ...
+            samples[mode].append(run_workload(mode, n, tmp / f"{mode}-{n}"))
+    base = statistics.median(r["program_seconds"] for r in samples["untraced"])
+    base_wall = statistics.median(r["wall_seconds"] for r in samples["untraced"])
+    rows = {}
+    for mode, rs in samples.items():
+        program = summarize([r["program_seconds"] for r in rs])
+        wall = summarize([r["wall_seconds"] for r in rs])
+        row = {"program": program, "wall": wall, "program_ratio": program["median"] / base,
+               "wall_ratio": wall["median"] / base_wall,
+               "fixed_cost_seconds": wall["median"] - program["median"]}
+        if "stats" in rs[0]:
+            row["relinks"] = statistics.median(r["stats"]["relinks"] for r in rs)
+            row["relink_seconds"] = statistics.median(r["stats"]["relink_seconds"] for r in rs)
+            row["probes"] = rs[0]["stats"]["probes"]
+            row["probes_left"] = statistics.median(r["stats"]["probes_left"] for r in rs)
+            row["peak_rss_mib"] = max(r["stats"]["peak_rss_kib"] for r in rs) / 1024
+        rows[mode] = row
+    return rows
+
+
+def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
+    """Attach and detach time of N probes on a synthesized many-function binary."""
+    from bench.many_functions import write
+    from bpfcov.engine.plan import plan_object
+    from bpfcov.engine.program import CounterProgram
+    from bpfcov.engine.tracer import Tracer
+    from bpfcov.probes.index import index_object
+    rows = []
+    for count in counts:
+        asm, binary = tmp / f"many{count}.s", tmp / f"many{count}"
+        with open(asm, "w") as f:
+            write(count, f)
+        subprocess.run(["gcc", "-o", binary, asm], check=True)
+        start = time.perf_counter()
+        index = index_object(str(binary), use_cache=False, quiet=True)
+        cold = time.perf_counter() - start
+        plan = plan_object(index, 0)
+        program = CounterProgram(plan.probe_count, hit_mode=True)
+        tracer = Tracer(program)
+        start = time.perf_counter()
+        tracer.add_object(index.path, plan.offsets, 0)
+        attach = time.perf_counter() - start
+        links = len(tracer.shards)
+        start = time.perf_counter()
+        tracer.close()
+        detach = time.perf_counter() - start
+        program.close()
+        rows.append({"probes": plan.probe_count, "links": links, "attach_seconds": attach,
+                     "detach_seconds": detach, "index_seconds": cold})
+    return rows
+
+
+def index_rows(tmp: Path) -> list[dict]:
+    from bpfcov.probes import cache
+    from bpfcov.probes.index import index_object
+    os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
+    targets = [("sqlite workload", WORKLOAD)]
+    libpython = Path("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0")
+    if libpython.exists():
+        targets.append(("libpython3.11 (this machine's)", libpython))
+    rows = []
+    for name, path in targets:
+        for lines in (False, True):
+            shutil.rmtree(cache.cache_dir(), ignore_errors=True)
+            start = time.perf_counter()
+            index = index_object(str(path), lines=lines, quiet=True)
+            cold = time.perf_counter() - start
+            start = time.perf_counter()
+            index_object(str(path), lines=lines, quiet=True)
+            cached = time.perf_counter() - start
+            rows.append({"object": name, "lines": lines, "functions": len(index.functions),
+                         "line_probes": len(index.lines) if index.lines is not None else 0,
+                         "dwarf": index.debug_file or ("yes" if any(f.file for f in index.functions) else "no"),
+                         "cold_seconds": cold, "cached_seconds": cached})
+    return rows
+
+
+def report_row(tmp: Path) -> dict:
+    """Time to write lcov + HTML + JSON from the largest data file (sqlite with --lines)."""
+    data = tmp / "lines-report" / "bpfcov.db"
+    shutil.rmtree(data.parent, ignore_errors=True)
+    subprocess.run(BPFCOV + ["run", "-q", "--lines", "-o", str(data.parent), "--format", "json", "--",
+                             str(WORKLOAD), "1000"], check=True, capture_output=True, cwd=ROOT)
+    start = time.perf_counter()
+    result = subprocess.run(BPFCOV + ["report", str(data), "-o", str(tmp / "report-out"), "--format",
+                                      "lcov,html,json"], capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    return {"seconds": elapsed, "data_file_mib": data.stat().st_size / 2**20}
+
+
+def callgrind_functions(path: Path) -> set[str]:
+    """Names of every function callgrind saw execute, in any object (callgrind_annotate
+    does not name the object on every line); the caller keeps those of the workload.
+    Recursion levels ('2) are folded."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    names = set()
+    for line in out.splitlines():
+        m = re.match(r"\s*[\d,]+ \([\s\d.]+%\)\s+(?:.*?:)?([^\s:]+?)(?:'\d+)?(?: \[.+\])?$", line)
+        if m:
+            names.add(m.group(1))
+    return names
+
+
+def accuracy_rows(n: int, tmp: Path) -> dict:
+    out = tmp / "accuracy"
+    run_workload("callgrind", n, out)
+    oracle = callgrind_functions(Path(f"{out}.callgrind"))
+    rows = {}
+    for mode in ("hit", "count"):
+        run_workload(mode, n, out / mode)
+        report = json.loads((out / mode / "coverage.json").read_text())
+        ours = set()
+        for obj in report["objects"]:
+            for f in obj["functions"]:
+                if f["status"] == "hit":
+                    ours |= {f["name"], *f["aliases"]}
+        names_in_binary = {a for obj in report["objects"] for f in obj["functions"] for a in (f["name"], *f["aliases"])}
+        # callgrind names some functions it has no symbol for by address (0x...8850).
+        by_address = {f"0x{f['address']:016x}": f["name"] for obj in report["objects"] for f in obj["functions"]}
+        oracle_here = {by_address.get(o, o) for o in oracle} & names_in_binary
+        rows[mode] = {"callgrind_executed": len(oracle_here), "bpfcov_executed": len(ours & names_in_binary),
+                      "missed": sorted(oracle_here - ours)[:20], "extra": sorted((ours & names_in_binary) - oracle_here)[:20]}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import function_counts, gcov_counts  # the test suite's oracle helpers
+    gcov_cases = [("shapes", ["fact", "6"]), ("inventory", ["list"]), ("threads", ["4", "1000"]), ("forker", ["4"])]
+    compared = equal = 0
+    for name, args in gcov_cases:
+        oracle_counts = gcov_counts(str(ROOT / "sample_targets/build/gcov" / name), args, tmp / f"gcov-{name}")
+        target_out = tmp / f"gcov-run-{name}"
+        subprocess.run(BPFCOV + ["run", "-q", "--mode", "count", "-o", str(target_out), "--format", "json", "--",
+                                 str(ROOT / "sample_targets/build/O0" / name), *args], capture_output=True, cwd=ROOT)
+        ours = function_counts(json.loads((target_out / "coverage.json").read_text()))
+        for fn, count in oracle_counts.items():
+            if fn in ours:
+                compared += 1
+                equal += ours[fn] == count
+    rows["gcov"] = {"functions_compared": compared, "counts_equal": equal}
+    return rows
+
+
+def environment() -> dict:
+    import bcc  # noqa: F401
+    from bpfcov import __version__
+    bcc_version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-bpfcc"], capture_output=True,
+                                 text=True).stdout
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+            "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), ""),
+            "python": platform.python_version(), "bpfcov": __version__, "bcc": bcc_version,
+            "sqlite": "3.53.2 (better-sqlite3 12.11.1), -O2 -g"}
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = ["# bpfcov benchmark results", "",
+             f"Measured {env['date']} on {env['host']}: {env['cpus']} CPUs ({env['cpu']}), kernel {env['kernel']}, "
+             f"Python {env['python']}, bcc {env['bcc']}, bpfcov {env['bpfcov']}. Written by `make bench`; "
+             "see bench/README.md for how to read it.", ""]
+    lines += ["## sqlite workload: the program's own time, traced vs untraced", "",
+              "| N | mode | program s (median, min–max) | ratio to untraced | wall s | bpfcov fixed cost s | relinks | "
+              "relink s | probes left / probes | bpfcov peak RSS MiB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for n, rows in results["workload"].items():
+        for mode, r in rows.items():
+            p = r["program"]
+            extra = (f"{r['relinks']:.0f} | {fmt(r['relink_seconds'])} | {r['probes_left']:.0f} / {r['probes']} | "
+                     f"{r['peak_rss_mib']:.0f}") if "relinks" in r else "– | – | – | –"
+            lines.append(f"| {int(n):,} | {mode} | {fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}), {p['runs']} runs | "
+                         f"{fmt(r['program_ratio'])}× | {fmt(r['wall']['median'])} | "
+                         f"{fmt(r['fixed_cost_seconds']) if mode in ('hit', 'count', 'lines') else '–'} | {extra} |")
+    lines += ["", "## Attach and detach (synthesized binary, one function per probe)", "",
+              "| probes | links | attach s | detach s | index s (cold) |", "| --- | --- | --- | --- | --- |"]
+    for r in results["attach"]:
+        lines.append(f"| {r['probes']:,} | {r['links']} | {fmt(r['attach_seconds'], 3)} | {fmt(r['detach_seconds'], 3)} | "
+                     f"{fmt(r['index_seconds'], 2)} |")
+    lines += ["", "## Indexing", "", "| object | with lines | functions | line probes | DWARF | cold s | cached s |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["index"]:
+        lines.append(f"| {r['object']} | {'yes' if r['lines'] else 'no'} | {r['functions']:,} | {r['line_probes']:,} | "
+                     f"{r['dwarf']} | {fmt(r['cold_seconds'])} | {fmt(r['cached_seconds'], 3)} |")
+    rep = results["report"]
+    lines += ["", "## Reports", "", f"lcov + HTML + JSON from the sqlite data file with --lines "
+              f"({rep['data_file_mib']:.1f} MiB): {fmt(rep['seconds'])} s (including Python start-up).", ""]
+    acc = results["accuracy"]
+    lines += ["## Accuracy", "", f"Functions of the sqlite workload (N={results['accuracy_n']:,}) that executed, "
+              "by callgrind (the oracle) and by bpfcov:", "",
+              "| bpfcov mode | callgrind executed | bpfcov executed | missed by bpfcov | extra in bpfcov |",
+              "| --- | --- | --- | --- | --- |"]
+    for mode in ("hit", "count"):
+        a = acc[mode]
+        lines.append(f"| {mode} | {a['callgrind_executed']} | {a['bpfcov_executed']} | {', '.join(a['missed']) or 'none'} | "
+                     f"{', '.join(a['extra']) or 'none'} |")
+    g = acc["gcov"]
+    lines += ["", f"Count mode against gcov's call counts on the sample targets: {g['counts_equal']} of "
+              f"{g['functions_compared']} functions have exactly gcov's count.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each (for the tests)")
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for RESULTS.md and results.json")
+    args = parser.parse_args()
+    runs = 1 if args.quick else 5
+    with tempfile.TemporaryDirectory(prefix="bpfcov-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        results = {"environment": environment(), "quick": args.quick, "workload": {}}
+        sizes = [(2000, ["untraced", "hit", "lines", "count"])] if args.quick else [
+            (200_000, ["untraced", "hit", "lines"]),
+            (2_000_000, ["untraced", "hit", "lines"]),
+            # Counting every call costs a trap each (~5 µs): at N=200,000 one run takes minutes,
+            # so count mode and callgrind are compared on a smaller workload.
+            (20_000, ["untraced", "count", "callgrind"]),
+        ]
+        for n, modes in sizes:
+            print(f"bench: sqlite N={n:,}: {', '.join(modes)} x{runs}", file=sys.stderr)
+            results["workload"][str(n)] = workload_rows(n, modes, runs, tmp)
+        print("bench: attach and detach", file=sys.stderr)
+        results["attach"] = attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000], tmp)
+        print("bench: indexing", file=sys.stderr)
+        results["index"] = index_rows(tmp)
+        print("bench: reports", file=sys.stderr)
+        results["report"] = report_row(tmp)
+        print("bench: accuracy", file=sys.stderr)
+        results["accuracy_n"] = 2000 if args.quick else 20_000
+        results["accuracy"] = accuracy_rows(results["accuracy_n"], tmp)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(markdown(results))
+    print(f"bench: wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
