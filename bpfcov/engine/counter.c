@@ -16,6 +16,14 @@ BPF_F_TABLE("array", u32, u64, counts, MAX_PROBES, BPF_F_MMAPABLE);
 
 #ifdef CGROUP_FILTER
 BPF_ARRAY(target_cgroup, u64, 1);
+
+// True when the current task belongs to the traced command's cgroup.
+static __always_inline int in_target_cgroup(void)
+{
+    u32 zero = 0;
+    u64 *wanted = target_cgroup.lookup(&zero);
+    return wanted && *wanted == bpf_get_current_cgroup_id();
+}
 #endif
 
 #ifdef HIT_MODE
@@ -27,9 +35,7 @@ BPF_RINGBUF_OUTPUT(first_hits, RINGBUF_PAGES);
 int on_probe(struct pt_regs *ctx)
 {
 #ifdef CGROUP_FILTER
-    u32 zero = 0;
-    u64 *wanted = target_cgroup.lookup(&zero);
-    if (!wanted || *wanted != bpf_get_current_cgroup_id())
+    if (!in_target_cgroup())
         return 0;
 #endif
     u32 index = (u32)bpf_get_attach_cookie(ctx);
@@ -55,9 +61,7 @@ BPF_RINGBUF_OUTPUT(loader_events, 16);
 int on_loader_event(struct pt_regs *ctx)
 {
 #ifdef CGROUP_FILTER
-    u32 zero = 0;
-    u64 *wanted = target_cgroup.lookup(&zero);
-    if (!wanted || *wanted != bpf_get_current_cgroup_id())
+    if (!in_target_cgroup())
         return 0;
 #endif
     u32 pid = bpf_get_current_pid_tgid() >> 32;

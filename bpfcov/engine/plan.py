@@ -7,7 +7,6 @@ their probe's slot, so after a run a function's count is counts[function_probe[i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,34 +27,15 @@ class ObjectPlan:
         return len(self.offsets)
 
 
-def function_filter(include: list[str], exclude: list[str]):
-    """A predicate on function names from --include / --exclude regular expressions."""
-    inc = [re.compile(p) for p in include]
-    exc = [re.compile(p) for p in exclude]
-
-    def wanted(*names: str) -> bool:
-        if inc and not any(r.search(n) for r in inc for n in names):
-            return False
-        return not any(r.search(n) for r in exc for n in names)
-
-    return wanted
-
-
-def plan_object(index: ObjectIndex, first_probe: int, wanted=None) -> ObjectPlan:
+def plan_object(index: ObjectIndex, first_probe: int) -> ObjectPlan:
     """Number the probes of one object from `first_probe` on."""
-    func_offsets = np.array(
-        [f.probe_offset if f.measured and (wanted is None or wanted(f.name, f.display_name)) else -1
-         for f in index.functions], dtype=np.int64)
+    func_offsets = np.array([f.probe_offset if f.measured else -1 for f in index.functions], dtype=np.int64)
     parts = [func_offsets[func_offsets >= 0]]
     line_offsets = None
     if index.lines is not None:
-        keep = np.ones(len(index.lines), dtype=bool)
-        if wanted is not None:
-            # A line is probed only when its function is.
-            keep = func_offsets[index.lines.function] >= 0 if len(index.lines) else keep
-        line_offsets = np.where(keep, index.lines.offset.astype(np.int64), -1)
-        parts.append(line_offsets[line_offsets >= 0])
-    offsets = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        line_offsets = index.lines.offset.astype(np.int64)
+        parts.append(line_offsets)
+    offsets = np.unique(np.concatenate(parts))
 
     def number(o: np.ndarray) -> np.ndarray:
         slot = np.searchsorted(offsets, o).astype(np.int64) + first_probe

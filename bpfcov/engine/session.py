@@ -25,12 +25,12 @@ import numpy as np
 
 from bpfcov import __version__
 from bpfcov.data.model import ObjectCoverage, RunCoverage
-from bpfcov.engine.plan import ObjectPlan, function_filter, plan_object
+from bpfcov.engine.plan import ObjectPlan, plan_object
 from bpfcov.engine.program import CounterProgram, ProgramBuilder
 from bpfcov.engine.tracer import DEFAULT_SHARD_SIZE, Tracer
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.index import index_object
-from bpfcov.probes.model import ObjectIndex
+from bpfcov.probes.model import ObjectIndex, name_filter
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Session:
         self.plans: list[ObjectPlan] = []
         self._pending: list[ObjectIndex] = []
         self._paths: set[str] = set()
-        self._wanted = function_filter(options.include, options.exclude) \
+        self._wanted = name_filter(options.include, options.exclude) \
             if options.include or options.exclude else None
         self.program: CounterProgram | None = None
         self.tracer: Tracer | None = None

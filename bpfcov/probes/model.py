@@ -8,6 +8,7 @@ hundreds of thousands, so they are kept as columns (numpy arrays) in `LineTable`
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,3 +104,17 @@ class ObjectIndex:
         if self.lines is not None:
             out["lines"] = self.lines.to_json()
         return out
+
+
+def name_filter(include: list[str], exclude: list[str]):
+    """A predicate on a function's names from --include / --exclude regular expressions:
+    true when any name matches an include (or there are none) and no name an exclude."""
+    inc = [re.compile(p) for p in include]
+    exc = [re.compile(p) for p in exclude]
+
+    def wanted(*names: str) -> bool:
+        if inc and not any(r.search(n) for r in inc for n in names):
+            return False
+        return not any(r.search(n) for r in exc for n in names)
+
+    return wanted

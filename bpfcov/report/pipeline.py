@@ -12,10 +12,10 @@ Rules applied here, for every format alike:
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from bpfcov.data.model import RunCoverage
+from bpfcov.probes.model import name_filter
 from bpfcov.report.model import FunctionRow, ObjectReport, Report, SourceFile, Totals
 
 
@@ -47,14 +47,10 @@ def _anchor(object_index: int, function_index: int) -> str:
 
 def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Report:
     options = options or ReportOptions()
-    inc = [re.compile(p) for p in options.include]
-    exc = [re.compile(p) for p in options.exclude]
+    wanted_names = name_filter(options.include, options.exclude)
 
     def wanted(row: FunctionRow) -> bool:
-        names = (row.name, row.display_name)
-        if inc and not any(r.search(n) for r in inc for n in names):
-            return False
-        return not any(r.search(n) for r in exc for n in names)
+        return wanted_names(row.name, row.display_name)
 
     objects: list[ObjectReport] = []
     files: dict[str, SourceFile] = {}
