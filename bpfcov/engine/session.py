@@ -3,7 +3,7 @@
 The three ways of choosing what is traced differ only in how the session starts and
 when it ends (see targets.py); everything here is shared by them:
 
-    session = Session(options, pid_filter, cgroup_id)
+    session = Session(options, command, pid_filter, cgroup_id)
     session.add_object(path)      # any number, before or after start()
     session.start()
     ... session.snapshot() ...    # periodic, for --interval
@@ -72,7 +72,8 @@ class Session:
     def __init__(self, options: TraceOptions, command: list[str], pid_filter: int = 0,
                  cgroup_id: int | None = None, loader: str | None = None, builder: ProgramBuilder | None = None):
         """`loader`: the dynamic loader's path, to catch dlopen() at once (for --libs).
-        `builder`: a compile already under way (see program_builder); else one starts now."""
+        `builder`: a compile the command started early (commands/tracing.py); else one
+        starts now."""
         self.options = options
         self.loader = loader
         # Set when there is something for the waiting thread to do: a stop request or a
