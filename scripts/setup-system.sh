@@ -8,9 +8,10 @@ modules=/lib/modules/$kernel
 
 # Debian packages: bcc's Python module and its tools, the venv module, bpftool for leak
 # checks, compilers for the sample targets, and the oracles the tests compare against
-# (valgrind, lcov/genhtml, gdb, and chromium to render the HTML report).
+# (valgrind, lcov/genhtml, gdb, and chromium to render the HTML report); python3.11-dbg is
+# a large binary with full DWARF (the interpreter built with debug info) for tests at scale.
 packages=(python3-bpfcc bpfcc-tools python3-venv bpftool gcc g++ make binutils
-          valgrind lcov gdb chromium)
+          valgrind lcov gdb chromium python3.11-dbg)
 
 missing=()
 for p in "${packages[@]}"; do

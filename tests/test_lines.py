@@ -118,3 +118,22 @@ def test_lcov_da_records_are_the_measured_lines(bpf, tmp_path):
     assert lines_total == report["totals"]["lines"] == len(da)
     html = "".join(p.read_text() for p in (out / "html").glob("file*.html"))
     assert '<tr id="L' in html and 'class="hit"' in html and 'class="unhit"' in html
+
+
+def test_a_large_object_with_lines_finishes_and_its_report_opens(bpf, tmp_path):
+    """The Python interpreter's debug build (python3.11-dbg: 11,000 functions, 180,000 line
+    probes, full DWARF) covered with --lines while it imports json."""
+    interpreter = "/usr/bin/python3.11d"
+    if not os.path.exists(interpreter):
+        pytest.fail("python3.11-dbg is not installed (scripts/setup-system.sh installs it)")
+    out = tmp_path / "out"
+    result = bpfcov("run", "-q", "--lines", "-o", out, "--", interpreter, "-c", "import json; print(json.dumps([1]))",
+                    timeout=600)
+    assert result.stdout == "[1]\n"
+    report = coverage_json(out)
+    assert report["totals"]["functions_hit"] > 1000 and report["totals"]["lines_hit"] > 10_000
+    from bpfcov.data import store
+    assert store.read(str(out / "bpfcov.db")).stats["peak_rss_kib"] < 500 * 1024
+    from test_reports import browser_dump
+    dom, _ = browser_dump(out / "html" / "index.html", tmp_path)
+    assert "Never-executed functions" in dom and "PyImport_ImportModule" in dom
