@@ -289,3 +289,11 @@ def test_fail_under_exits_2_after_writing_reports(tmp_path):
     assert result.returncode == 2
     assert (tmp_path / "out" / "coverage.info").exists()
     assert bpfcov("report", tmp_path / "a.db", "-o", tmp_path / "out2", "--fail-under", "50").returncode == 0
+
+
+def test_report_include_and_exclude(tmp_path):
+    store.write(str(tmp_path / "a.db"), synthetic_run())
+    bpfcov("report", tmp_path / "a.db", "-o", tmp_path / "out", "--format", "json", "--include", "^(main|helper)$",
+           "--exclude", "helper")
+    names = [f["name"] for o in coverage_json(tmp_path / "out")["objects"] for f in o["functions"]]
+    assert names == ["main"]

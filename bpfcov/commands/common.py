@@ -123,7 +123,8 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
             store.write(data_file, run)
         except OSError as e:
             raise BpfcovError(f"cannot write {data_file}: {e.strerror}") from None
-    report = build_report(run, ReportOptions(path_maps=list(args.path_map), relative_to=args.relative_to))
+    report = build_report(run, ReportOptions(path_maps=list(args.path_map), relative_to=args.relative_to,
+                                             include=args.include, exclude=args.exclude))
     written = write_reports(report, out, formats, args.source_root, args.lcov_format)
     t = report.totals
     if not quiet:

@@ -19,6 +19,10 @@ class ReportCommand(Command):
 
     def prepare_parser(self, parser) -> None:
         parser.add_argument("data", nargs="+", metavar="DATA", help="bpfcov.db files")
+        parser.add_argument("--include", action="append", default=[], metavar="REGEX",
+                            help="report only functions whose name matches (repeatable)")
+        parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                            help="leave out functions whose name matches (repeatable)")
         add_report_options(parser)
 
     def run(self, args) -> int:

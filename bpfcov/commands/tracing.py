@@ -22,7 +22,8 @@ def _options(args, libs: bool):
     from bpfcov.engine.session import TraceOptions
     return TraceOptions(mode=args.mode, lines=args.lines, include=args.include, exclude=args.exclude,
                         debug_dirs=tuple(args.debug_dir), quiet=args.quiet,
-                        spare_slots=spare_slots(args.lines, libs))
+                        spare_slots=spare_slots(args.lines, libs),
+                        ends_by_itself=args.subcommand == "run" or bool(getattr(args, "duration", None)))
 
 
 def _absolute_paths(args) -> None:

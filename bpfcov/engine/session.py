@@ -44,6 +44,7 @@ class TraceOptions:
     shard_size: int = DEFAULT_SHARD_SIZE
     # Slots kept free for objects that appear during the run (dlopen, --libs).
     spare_slots: int = 0
+    ends_by_itself: bool = True  # False for watch and attach, which say how to end them
 
 
 def _filtered(index: ObjectIndex, wanted) -> ObjectIndex:
@@ -165,7 +166,8 @@ class Session:
         lines = sum(len(p.index.lines) for p in self.plans if p.index.lines is not None)
         what = f"{functions:,} functions" + (f" and {lines:,} lines" if self.options.lines else "")
         n = len(self.plans)
-        say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''} ({self.options.mode} mode)...")
+        end = "" if self.options.ends_by_itself else " Ctrl-C to end."
+        say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''} ({self.options.mode} mode)...{end}")
         self.started = time.time()
 
     # -- dlopen: the loader hook -------------------------------------------------------
