@@ -50,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        return _run(args)
+    finally:
+        # Links may still be closing in the background (engine/session.py): bpfcov never
+        # exits with any attached.
+        session = sys.modules.get("bpfcov.engine.session")
+        if session is not None:
+            session.wait_for_release()
+
+
+def _run(args) -> int:
+    try:
         return args.handler.run(args)
     except BpfcovError as e:
         if args.debug:
@@ -66,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bpfcov: error: internal error: {type(e).__name__}: {first} (run with --debug for details)",
               file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -104,6 +104,8 @@ class RunCommand(Command):
             if not args.quiet:
                 print(f"bpfcov: {args.command[0]} was killed by signal {ending.signal}", file=sys.stderr)
             # Pass the signal on exactly, as a shell would see it.
+            from bpfcov.engine.session import wait_for_release
+            wait_for_release()  # detach before dying of the signal
             if ending.signal not in (signal.SIGKILL, signal.SIGSTOP):  # these cannot be handled anyway
                 signal.signal(ending.signal, signal.SIG_DFL)
             os.kill(os.getpid(), ending.signal)

@@ -236,13 +236,15 @@ class Session:
         return self.coverage(self.program.snapshot(), complete=False)
 
     def finish(self) -> RunCoverage | None:
-        """Detach every probe, release every kernel object, and return the final counts."""
+        """Stop tracing and return the final counts. The links close in the background
+        (each waits out a grace period; hundreds of them take a while) while the caller
+        writes its reports; wait_for_release() waits until every kernel object is gone."""
         self.ended = time.time()
         counts = None
         try:
             if self.tracer is not None:
                 self._probes_left = self.tracer.probes_left
-                self.tracer.close()
+                self.tracer.close(wait=False)
                 for e in self.tracer.stats.errors[:3]:
                     say(self.options, f"warning: {e}")
         finally:
@@ -250,7 +252,28 @@ class Session:
             self._builder.discard()
             if self.program is not None:
                 counts = self.program.snapshot()
-                self.program.close()
+                release = threading.Thread(target=self._release, args=(self.tracer, self.program),
+                                           name="bpfcov-release")
+                release.start()
+                _releases.append(release)
         if counts is None:
             return None
         return self.coverage(counts, complete=True)
+
+    @staticmethod
+    def _release(tracer: Tracer | None, program: CounterProgram) -> None:
+        try:
+            if tracer is not None:
+                tracer.wait_closed()
+        finally:
+            program.close()
+
+
+# Sessions whose links are still closing (see Session.finish).
+_releases: list[threading.Thread] = []
+
+
+def wait_for_release() -> None:
+    """Return when every finished session has released its links, program and maps."""
+    while _releases:
+        _releases.pop().join()

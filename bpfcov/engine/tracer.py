@@ -180,18 +180,24 @@ class Tracer:
         return sum(s.remaining for s in self.shards if s.link_fd is not None)
 
     # -- detaching ---------------------------------------------------------------------
-    def close(self) -> None:
-        """Detach everything and wait until every link is closed."""
+    def close(self, wait: bool = True) -> None:
+        """Detach everything; with `wait`, return only when every link is closed (else
+        call wait_closed later). The loader hook is always gone on return: a process it
+        stopped after that could wait forever for a SIGCONT."""
         self._stop.set()
         if self._relinker is not None:
             self._relinker.join()
             self._relinker = None
         with self._lock:
             for fd in self._loader_links:
-                self._closer.close_later(fd)
+                os.close(fd)
             self._loader_links = []
             for shard in self.shards:
                 if shard.link_fd is not None:
                     self._closer.close_later(shard.link_fd)
                     shard.link_fd = None
+        if wait:
+            self.wait_closed()
+
+    def wait_closed(self) -> None:
         self._closer.finish()
