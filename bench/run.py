@@ -210,7 +210,6 @@ def accuracy_rows(n: int, tmp: Path) -> dict:
 
 
 def environment() -> dict:
-    import bcc  # noqa: F401
     from bpfcov import __version__
     bcc_version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-bpfcc"], capture_output=True,
                                  text=True).stdout

@@ -12,7 +12,6 @@ import subprocess
 
 import pytest
 
-from bpfcov.errors import BpfcovError
 from bpfcov.probes.index import index_object
 from bpfcov.probes.insn import find_probe_site, refusal
 from bpfcov.probes.model import ProbeStatus

@@ -120,7 +120,7 @@ class CounterProgram:
         pids, self._loader_pids = self._loader_pids, []
         return hits, pids
 
-    def snapshot(self) -> np.ndarray:
+    def snapshot(self) -> "np.ndarray":
         return self.counts.copy()
 
     def close(self) -> None:

@@ -7,7 +7,8 @@
 - trace_paths: `bpfcov watch PATH…`: every process on the host that maps the objects.
 
 Each returns the session's final coverage; the caller writes it. Whatever happens, the
-session is finished (every link closed) before these return or raise.
+session is finished before these return or raise: tracing has stopped and its links are
+closing (Session.finish; wait_for_release waits for them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bpfcov.data.model import RunCoverage
 from bpfcov.engine.cgroup import RunCgroup
 from bpfcov.engine.program import spare_slots
 from bpfcov.engine.processes import executable_of, linked_libraries, mapped_objects, process_exists
-from bpfcov.engine.session import Session, TraceOptions, say
+from bpfcov.engine.session import Session, TraceOptions
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.elf import ElfObject
 
