@@ -118,6 +118,42 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
     return rows
 
 
+def per_hit_rows(calls: int, runs: int, tmp: Path) -> dict:
+    """What one counted hit costs, against an empty BPF program on the same probes: a
+    single-threaded loop calls `work` `calls` times under count mode."""
+    from bpfcov.engine.plan import plan_object
+    from bpfcov.engine.program import CounterProgram
+    from bpfcov.engine.tracer import Tracer
+    from bpfcov.probes.index import index_object
+    binary = tmp / "threads"
+    shutil.copy(ROOT / "sample_targets/build/O0/threads", binary)  # private: nothing else maps it
+    plan = plan_object(index_object(str(binary), quiet=True), 0)
+
+    def timed() -> float:
+        start = time.perf_counter()
+        subprocess.run([str(binary), "1", str(calls)], check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    samples: dict[str, list[float]] = {"untraced": [], "empty": [], "count": []}
+    programs = {"empty": CounterProgram(plan.probe_count, False, extra_cflags=("-DEMPTY_PROGRAM",)),
+                "count": CounterProgram(plan.probe_count, False)}
+    try:
+        for _ in range(runs):
+            samples["untraced"].append(timed())
+            for name, program in programs.items():
+                tracer = Tracer(program)
+                tracer.add_object(str(binary), plan.offsets, 0)
+                samples[name].append(timed())
+                tracer.close()
+    finally:
+        for program in programs.values():
+            program.close()
+    base = statistics.median(samples["untraced"])
+    per_hit = {name: (statistics.median(samples[name]) - base) / calls * 1e6 for name in ("empty", "count")}
+    return {"calls": calls, "runs": runs, "empty_us": per_hit["empty"], "count_us": per_hit["count"],
+            "added_percent": 100.0 * (per_hit["count"] - per_hit["empty"]) / per_hit["empty"]}
+
+
 def index_rows(tmp: Path) -> list[dict]:
     from bpfcov.probes import cache
     from bpfcov.probes.index import index_object
@@ -242,6 +278,11 @@ def markdown(results: dict) -> str:
             lines.append(f"| {int(n):,} | {mode} | {fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}), {p['runs']} runs | "
                          f"{fmt(r['program_ratio'])}× | {fmt(r['wall']['median'])} | "
                          f"{fmt(r['fixed_cost_seconds']) if mode in ('hit', 'count', 'lines') else '–'} | {extra} |")
+    h = results["per_hit"]
+    lines += ["", "## Cost of a counted hit (count mode)", "",
+              f"A loop calling one function {h['calls']:,} times, median of {h['runs']} interleaved runs: "
+              f"{h['empty_us']:.2f} µs a hit with an empty BPF program (the trap alone), {h['count_us']:.2f} µs "
+              f"with bpfcov's counting program: the program adds {h['added_percent']:.1f}%.", ""]
     lines += ["", "## Attach and detach (synthesized binary, one function per probe)", "",
               "| probes | links | attach s | detach s | index s (cold) |", "| --- | --- | --- | --- | --- |"]
     for r in results["attach"]:
@@ -289,6 +330,8 @@ def main() -> None:
         for n, modes in sizes:
             print(f"bench: sqlite N={n:,}: {', '.join(modes)} x{runs}", file=sys.stderr)
             results["workload"][str(n)] = workload_rows(n, modes, runs, tmp)
+        print("bench: cost per counted hit", file=sys.stderr)
+        results["per_hit"] = per_hit_rows(20_000 if args.quick else 1_000_000, runs, tmp)
         print("bench: attach and detach", file=sys.stderr)
         results["attach"] = attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000], tmp)
         print("bench: indexing", file=sys.stderr)

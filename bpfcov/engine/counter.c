@@ -7,6 +7,7 @@
 //   HIT_MODE      report a probe's first hit through the `first_hits` ring buffer
 //   CGROUP_FILTER count only tasks whose cgroup v2 id equals the `target_cgroup` entry
 //   LOADER_HOOK   also build on_loader_event, for the dynamic loader's _dl_debug_state
+//   EMPTY_PROGRAM do nothing: bench/ prices the counting against the bare trap with it
 
 #include <uapi/linux/ptrace.h>
 
@@ -34,6 +35,9 @@ BPF_RINGBUF_OUTPUT(first_hits, RINGBUF_PAGES);
 
 int on_probe(struct pt_regs *ctx)
 {
+#ifdef EMPTY_PROGRAM
+    return 0;
+#endif
 #ifdef CGROUP_FILTER
     if (!in_target_cgroup())
         return 0;

@@ -46,13 +46,14 @@ def check_privileges() -> None:
 class CounterProgram:
     """The compiled BPF program with its maps. Close it to release every kernel object."""
 
-    def __init__(self, slots: int, hit_mode: bool, cgroup_filter: bool = False, loader_hook: bool = False):
+    def __init__(self, slots: int, hit_mode: bool, cgroup_filter: bool = False, loader_hook: bool = False,
+                 extra_cflags: tuple[str, ...] = ()):
         bcc = _import_bcc()
         check_privileges()
         self.slots = max(1, slots)
         self.hit_mode = hit_mode
         source = resources.files("bpfcov.engine").joinpath("counter.c").read_text()
-        cflags = [f"-DMAX_PROBES={self.slots}", "-Wno-unused-variable"]
+        cflags = [f"-DMAX_PROBES={self.slots}", "-Wno-unused-variable", *extra_cflags]
         if hit_mode:
             # One 4-byte record per first hit; room for every probe's first hit at once means
             # no first hit is ever dropped, even if user space falls behind.
