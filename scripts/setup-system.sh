@@ -13,6 +13,11 @@ modules=/lib/modules/$kernel
 packages=(python3-bpfcc bpfcc-tools python3-venv bpftool gcc g++ make binutils
           valgrind lcov gdb chromium python3.11-dbg)
 
+# A Rust compiler for the Rust sample target: the machine's own if it has one.
+if ! command -v rustc >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/rustc" ]; then
+    packages+=(rustc)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

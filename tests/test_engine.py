@@ -87,6 +87,16 @@ def test_hit_mode_on_the_sqlite_workload_matches_count_mode(bpf, tmp_path):
     assert len(runs["hit"]) > 300
 
 
+@pytest.mark.parametrize("mangling", ["legacy", "v0"])
+def test_rust_program_is_covered(bpf, tmp_path, mangling):
+    out = tmp_path / "out"
+    bpfcov("run", "-q", "-o", out, "--mode", "count", "--", target("rust", f"rustdemo-{mangling}"), "5")
+    shown = {f["display_name"]: f["count"] for o in coverage_json(out)["objects"] for f in o["functions"]}
+    assert shown["main::geometry::sum_of_squares"] == 1
+    assert shown["<main::Square as main::Shape>::area"] == 1  # through a trait object
+    assert shown["main::geometry::never_called"] == 0
+
+
 def test_moved_probe_counts_the_lock_prefixed_function(bpf, tmp_path):
     report = traced(tmp_path, "shapes", ["lock"], "--mode", "count")
     assert function_counts(report)["locked_increment"] == 3

@@ -136,6 +136,18 @@ def test_cxx_names_are_demangled_and_constructor_aliases_folded():
     assert "double inv::total<double>(std::vector<double, std::allocator<double> > const&)" in by_display
 
 
+@pytest.mark.parametrize("mangling", ["legacy", "v0"])
+def test_rust_binaries_come_out_demangled(mangling):
+    index = index_object(target("rust", f"rustdemo-{mangling}"), use_cache=False)
+    shown = {f.display_name for f in index.functions}
+    assert {"main::main", "main::total_area", "main::geometry::sum_of_squares", "main::geometry::never_called",
+            "<main::Square as main::Shape>::area"} <= shown
+    prefix = "_ZN" if mangling == "legacy" else "_R"
+    ours = [f for f in index.functions if f.display_name == "main::total_area"]
+    assert ours[0].name.startswith(prefix)  # the mangled name stays the identity
+    assert ours[0].file.endswith("sample_targets/rustdemo/main.rs")
+
+
 def test_rust_names_are_demangled():
     from bpfcov.probes.demangle import demangle_all
     names = demangle_all(["_ZN7mycrate3foo17h0123456789abcdefE", "_RNvCs1234_7mycrate3foo", "main"])

@@ -11,8 +11,10 @@ import re
 import shutil
 import subprocess
 
-# Legacy Rust symbols end in a hash that says nothing to a reader: `crate::f::h0123…`.
+# Legacy Rust symbols end in a hash that says nothing to a reader: `crate::f::h0123…`;
+# v0 symbols carry crate disambiguators: `crate[1a2b3c]::f`.
 _RUST_LEGACY_HASH = re.compile(r"::h[0-9a-f]{16}$")
+_RUST_V0_DISAMBIGUATOR = re.compile(r"\[[0-9a-f]{1,16}\]")
 
 
 def _looks_mangled(name: str) -> bool:
@@ -39,6 +41,8 @@ def demangle_all(names: list[str]) -> dict[str, str]:
     for mangled, plain in zip(wanted, demangled):
         if mangled.startswith("_ZN") and mangled.endswith("E"):
             plain = _RUST_LEGACY_HASH.sub("", plain)
+        elif mangled.startswith("_R"):
+            plain = _RUST_V0_DISAMBIGUATOR.sub("", plain)
         if plain and plain != mangled:
             result[mangled] = plain
     return result
