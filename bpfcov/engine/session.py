@@ -136,7 +136,10 @@ class Session:
         return self.plans[-1].first_probe + self.plans[-1].probe_count if self.plans else 0
 
     def _attach(self, index: ObjectIndex) -> None:
-        plan = plan_object(index, self._next_probe())
+        self._attach_plan(plan_object(index, self._next_probe()))
+
+    def _attach_plan(self, plan: ObjectPlan) -> None:
+        index = plan.index
         if plan.first_probe + plan.probe_count > self.program.slots:
             message = f"warning: no probe slots left for {index.path}; it is not traced"
             self.warnings.append(message)
@@ -149,16 +152,19 @@ class Session:
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         """Load the BPF program and attach every pending object."""
-        first = [plan_object(ix, 0) for ix in self._pending]
-        slots = sum(p.probe_count for p in first) + self.options.spare_slots
-        self.program = self._builder.get(slots)
+        # Number every pending object's probes once: their total sizes the program.
+        plans, first_probe = [], 0
+        for index in self._pending:
+            plans.append(plan_object(index, first_probe))
+            first_probe += plans[-1].probe_count
+        self._pending = []
+        self.program = self._builder.get(first_probe + self.options.spare_slots)
         if self.cgroup_id is not None:
             self.program.filter_cgroup(self.cgroup_id)
         self.tracer = Tracer(self.program, self.pid_filter, self.options.shard_size,
                              on_loader_stop=self._loader_stopped)
-        pending, self._pending = self._pending, []
-        for index in pending:
-            self._attach(index)
+        for plan in plans:
+            self._attach_plan(plan)
         if self.loader is not None:
             self._hook_loader(self.loader)
         self.tracer.start()
