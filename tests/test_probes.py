@@ -115,7 +115,9 @@ def test_instruction_check_follows_the_kernel_rules():
     assert refusal(bytes.fromhex("f0ff07")) == "lock prefix"
     assert refusal(bytes.fromhex("2e0f1f840000000000")) == "cs prefix"  # cs nopw padding
     assert refusal(bytes.fromhex("3effe0")) == "ds prefix"  # notrack jmp *%rax
-    assert refusal(bytes.fromhex("62f1fd48")) is not None  # EVEX
+    assert refusal(bytes.fromhex("c5f96ec6")) == "VEX opcode 0x6e"  # vmovd %esi,%xmm0: judged as outs
+    assert refusal(bytes.fromhex("62e27d287ac6")) is None  # vpbroadcastb %esi,%ymm16 (EVEX): as jp
+    assert refusal(bytes.fromhex("66e800000000")) is not None  # call with an operand-size prefix
     assert refusal(bytes.fromhex("cc")) is not None  # int3 already there
     assert refusal(bytes.fromhex("f30f1efa")) is None  # endbr64
     assert refusal(bytes.fromhex("55")) is None  # push %rbp

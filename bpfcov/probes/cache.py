@@ -21,7 +21,8 @@ from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 
-SCHEMA = 1
+# 2: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches).
+SCHEMA = 2
 
 
 def cache_dir() -> str:

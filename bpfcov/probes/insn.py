@@ -1,11 +1,24 @@
-"""Which instructions an x86-64 uprobe can sit on.
+"""Which instructions an x86-64 uprobe can sit on: the kernel's own rules, predicted.
 
-The kernel decodes the probed instruction when a process maps the file and refuses some
-(arch/x86/kernel/uprobes.c; see docs/kernel-facts.md): any with a LOCK or ES/CS/SS/DS
-segment-override prefix, an int3 already there, far calls and jumps, segment-register
-moves, and a list of rare opcodes. Worse, when no process maps the file at attach time the
-refusal is silent and the probe never fires, so bpfcov decodes every probe site itself
-before attaching and never trusts the kernel to tell it.
+The kernel decides when it installs a probe into a process that maps the file
+(arch_uprobe_analyze_insn in arch/x86/kernel/uprobes.c, Linux 6.18), in this order:
+
+1. The instruction must decode (its insn decoder; else ENOEXEC).
+2. No ES, CS, SS, DS or LOCK prefix among the legacy prefixes (`is_prefix_bad`).
+3. Not an instruction that masks exceptions: `mov` to %ss, `pop %ss`.
+4. The first opcode byte must be set in `good_insns_64`. For VEX (c4, c5) and EVEX (62)
+   instructions the decoder's first opcode byte is the byte *after* the prefix, so
+   `vmovd` (c5 f9 6e) is judged as 0x6e, an `outs`, and refused, while the EVEX
+   `vpbroadcastb` (62 .. 7a) is judged as 0x7a, a `jp`, and accepted. In 64-bit mode
+   0x0f itself is "good", so every two-byte opcode passes (good_2byte_insns is consulted
+   only in 32-bit mode).
+5. A relative branch or call (e8, e9, eb, 7x, 0f 8x) with an operand-size (66) prefix.
+And the uprobe core refuses an int3 already in place (prepare_uprobe).
+
+These rules are a prediction: the kernel has the last word. When a link is refused anyway
+(another kernel version, a decoder difference), the engine finds the refused probes by
+bisection and moves or drops them (engine/tracer.py). What must never happen is a probe
+the kernel silently ignores being reported as "never executed"; see docs/kernel-facts.md.
 """
 
 from __future__ import annotations
@@ -14,29 +27,41 @@ from dataclasses import dataclass
 
 import capstone
 
-# Prefix bytes the kernel refuses outright.
+
+def _opcode_set(rows: list[str]) -> frozenset[int]:
+    """The opcodes marked 0 in a kernel table written as 16 rows of 16 digits."""
+    return frozenset(row * 16 + col for row, digits in enumerate(rows) for col, d in enumerate(digits) if d == "0")
+
+
+# good_insns_64 of arch/x86/kernel/uprobes.c, 0 where the kernel refuses the opcode.
+REFUSED_OPCODES = _opcode_set([
+    "1111110011111101",  # 00: 06 07 0e (0f escapes to two-byte opcodes: good)
+    "1111110011111100",  # 10: 16 17 1e 1f
+    "1111111011111110",  # 20: 27 2f
+    "1111111011111110",  # 30: 37 3f
+    "1111111111111111",  # 40
+    "1111111111111111",  # 50
+    "0001111111110000",  # 60: 60 61 62, 6c-6f (ins, outs)
+    "1111111111111111",  # 70
+    "1101111111111111",  # 80: 82
+    "1111111111011111",  # 90: 9a (far call)
+    "1111111111111111",  # a0
+    "1111111111111111",  # b0
+    "1111111111110000",  # c0: cc-cf (int3, int n, into, iret)
+    "1111000111111111",  # d0: d4 d5 d6
+    "1111000011010000",  # e0: e4-e7, ea, ec-ef (in, out, far jmp)
+    "1011011111001111",  # f0: f1 (int1), f4 (hlt), fa fb (cli, sti)
+])
+
+# Legacy prefixes the decoder collects, and those is_prefix_bad() refuses.
+LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
 REFUSED_PREFIXES = {0xF0: "lock", 0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds"}
 
-# One-byte opcodes absent from the kernel's 64-bit "good instructions" table.
-REFUSED_OPCODES = {
-    0x06, 0x07, 0x0E, 0x16, 0x17, 0x1E, 0x1F, 0x27, 0x2F, 0x37, 0x3F,  # invalid in 64-bit mode
-    0x60, 0x61, 0x62,  # pusha/popa invalid; 0x62 is the EVEX escape
-    0x8E,  # mov to a segment register (mov %ss)
-    0x9A, 0xEA,  # far call / far jump
-    0xCC, 0xCD, 0xCE, 0xF1,  # int3, int n, into, int1: breakpoints and traps
-    0xD4, 0xD5, 0xD6,  # aam, aad, salc
-    0xF4,  # hlt
-}
+# Bytes of VEX/EVEX prefixes, opcode map escape included (c5: 2, c4: 3, 62: 4).
+_VEX_LENGTH = {0xC5: 2, 0xC4: 3, 0x62: 4}
 
-# Two-byte (0x0f xx) opcodes the kernel refuses: system instructions and undefined ones.
-REFUSED_0F_OPCODES = {
-    0x00, 0x01, 0x04, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0E, 0x0F,
-    0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27,
-    0x30, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x39, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F,
-    0x78, 0x79, 0x7A, 0x7B, 0xA6, 0xA7, 0xAA, 0xB9, 0xFF,
-}
-
-LEGACY_PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
+# Relative branches whose operand-size override the kernel refuses (branch_setup_xol_ops).
+_RELATIVE_BRANCHES = frozenset({0xE8, 0xE9, 0xEB, *range(0x70, 0x80)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,30 +78,62 @@ _BRANCH_GROUPS = {capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_RE
                   capstone.CS_GRP_INT, capstone.CS_GRP_IRET, capstone.CS_GRP_BRANCH_RELATIVE}
 
 
+def _decode(raw: bytes, address: int = 0):
+    return next(_decoder.disasm(raw[:15], address, 1), None)
+
+
 def refusal(raw: bytes) -> str | None:
-    """Why uprobes refuse the instruction whose bytes are `raw`, or None if they take it."""
-    i = 0
-    while i < len(raw) and raw[i] in LEGACY_PREFIXES:
-        if raw[i] in REFUSED_PREFIXES:
-            return f"{REFUSED_PREFIXES[raw[i]]} prefix"
-        i += 1
-    while i < len(raw) and 0x40 <= raw[i] <= 0x4F:  # REX
-        i += 1
-    if i >= len(raw):
+    """Why the kernel refuses a uprobe on the instruction at the start of `raw`, or None
+    if it takes it. `raw` holds at least the instruction's bytes (15 are enough)."""
+    insn = _decode(raw)
+    if insn is None:
         return "undecodable instruction"
-    op = raw[i]
-    if op in REFUSED_OPCODES:
+    code = bytes(insn.bytes)
+    i, prefixes = 0, []
+    while i < len(code) and code[i] in LEGACY_PREFIXES:
+        if code[i] in REFUSED_PREFIXES:
+            return f"{REFUSED_PREFIXES[code[i]]} prefix"
+        prefixes.append(code[i])
+        i += 1
+    if i < len(code) and 0x40 <= code[i] <= 0x4F:  # REX
+        i += 1
+    if i < len(code) and code[i] in _VEX_LENGTH:
+        kind = {0xC5: "VEX", 0xC4: "VEX", 0x62: "EVEX"}[code[i]]
+        i += _VEX_LENGTH[code[i]]
+        if i >= len(code):
+            return "undecodable instruction"
+        op = code[i]
+        return f"{kind} opcode {op:#04x}" if op in REFUSED_OPCODES else None
+    if i >= len(code):
+        return "undecodable instruction"
+    op = code[i]
+    second = code[i + 1] if i + 1 < len(code) else None
+    if op == 0x17 or (op == 0x8E and i + 1 < len(code) and (code[i + 1] >> 3) & 7 == 2):
+        return "moves to %ss"
+    if op in REFUSED_OPCODES:  # int3 (cc) among them
         return f"opcode {op:#04x}"
-    if op == 0x0F and i + 1 < len(raw) and raw[i + 1] in REFUSED_0F_OPCODES:
-        return f"opcode 0x0f {raw[i + 1]:#04x}"
+    relative_branch = op in _RELATIVE_BRANCHES or (op == 0x0F and second is not None and 0x80 <= second <= 0x8F)
+    if relative_branch and 0x66 in prefixes:
+        return "relative branch with an operand-size prefix"
     return None
+
+
+def instruction_length(raw: bytes) -> int | None:
+    insn = _decode(raw)
+    return insn.size if insn is not None else None
+
+
+def is_branch(raw: bytes) -> bool:
+    insn = _decode(raw)
+    return insn is not None and any(insn.group(g) for g in _BRANCH_GROUPS)
 
 
 def find_probe_site(code: bytes, address: int) -> ProbeSite:
     """Where to probe a function whose first bytes are `code`, loaded at `address`.
 
     If the entry instruction is refused and is not a branch, the next instruction runs
-    exactly when the entry does, so it stands in for it. Otherwise there is no safe place.
+    exactly when the entry does (unless something jumps to it), so it stands in for it.
+    Otherwise there is no safe place and the function is unmeasured, never dead.
     """
     decoded = list(_decoder.disasm(code[:32], address, 2))
     if not decoded:
@@ -98,4 +155,4 @@ def find_probe_site(code: bytes, address: int) -> ProbeSite:
 
 def is_probeable(code: bytes) -> bool:
     """True when uprobes accept the instruction at the start of `code` (for line probes)."""
-    return refusal(code[:15]) is None and bool(code)
+    return bool(code) and refusal(code[:15]) is None
