@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,7 +117,10 @@ def test_hundred_runs_leave_no_links_programs_maps_or_fds(bpf, tmp_path):
 
 
 def test_pid_that_exits_during_attach(bpf, tmp_path):
-    proc = subprocess.Popen(["sleep", "0.3"])
+    # A target with symbols, so that only its exit can stop the attach: it serves until
+    # its input closes, 0.3 s from now.
+    proc = subprocess.Popen([target("O0", "shapes"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    threading.Timer(0.3, proc.stdin.close).start()
     result = bpfcov("attach", "--pid", proc.pid, "-o", tmp_path / "o", "--mode", "count", check=False)
     proc.wait()
     # Either it attached in time and ended with the process, or it said the process was gone.

@@ -14,7 +14,7 @@ import sys
 
 from bpfcov.commands.common import (Command, add_report_options, add_trace_options, check_output_dir,
                                     positive_float, validate_formats, write_all)
-from bpfcov.engine.program import ProgramBuilder, check_privileges, spare_slots
+from bpfcov.engine.program import ProgramBuilder, check_privileges, program_options, spare_slots
 from bpfcov.errors import BpfcovError, UsageError
 
 
@@ -46,7 +46,7 @@ def _absolute_paths(args) -> None:
         args.command[0] = absolute(args.command[0])
 
 
-def _prepare(args, cgroup_filter: bool = False, loader_hook: bool = False) -> tuple[str, ProgramBuilder]:
+def _prepare(args, libs: bool = False) -> tuple[str, ProgramBuilder]:
     """Check what needs no tracing, then start compiling: (data file path, compile)."""
     validate_formats(args)
     if args.interval and getattr(args, "duration", None) and args.interval >= args.duration:
@@ -55,8 +55,8 @@ def _prepare(args, cgroup_filter: bool = False, loader_hook: bool = False) -> tu
     check_privileges()
     check_output_dir(args.output)
     _absolute_paths(args)
-    builder = ProgramBuilder(args.mode == "hit", cgroup_filter, loader_hook,
-                             slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, loader_hook))
+    builder = ProgramBuilder(program_options(args.subcommand, args.mode, libs, args.object),
+                             slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, libs))
     return os.path.join(args.output, "bpfcov.db"), builder
 
 
@@ -95,7 +95,7 @@ class RunCommand(Command):
             args.command = args.command[1:]
         if not args.command:
             raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
-        data_file, builder = _prepare(args, cgroup_filter=True, loader_hook=args.libs)
+        data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_command
         run, ending = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
                                     args.interval, _snapshot_writer(data_file), builder)
@@ -131,7 +131,7 @@ class AttachCommand(Command):
         add_report_options(parser)
 
     def run(self, args) -> int:
-        data_file, builder = _prepare(args, loader_hook=args.libs)
+        data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_pid
         run = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration, args.interval,
                         _snapshot_writer(data_file), builder)

@@ -5,8 +5,12 @@
 // Compile-time settings (passed by the loader with -D):
 //   MAX_PROBES    size of the counts array (the number of probes, at least 1)
 //   HIT_MODE      report a probe's first hit through the `first_hits` ring buffer
-//   CGROUP_FILTER count only tasks whose cgroup v2 id equals the `target_cgroup` entry
+//   FOLLOW        catch the traced processes' new children, and the command's exec when
+//                 CGROUP_START is set, so user space can give each its own links (below)
+//   CGROUP_START  a task of the cgroup v2 whose id is in `target_cgroup` that execs while
+//                 not yet traced is the command of `bpfcov run`: catch it
 //   LOADER_HOOK   also build on_loader_event, for the dynamic loader's _dl_debug_state
+//   RAW_SYSCALLS  catch children on raw_syscalls:sys_exit (kernels without syscalls:*)
 //   EMPTY_PROGRAM do nothing: bench/ prices the counting against the bare trap with it
 
 #include <uapi/linux/ptrace.h>
@@ -15,17 +19,6 @@
 // per probe (there can be hundreds of thousands).
 BPF_F_TABLE("array", u32, u64, counts, MAX_PROBES, BPF_F_MMAPABLE);
 
-#ifdef CGROUP_FILTER
-BPF_ARRAY(target_cgroup, u64, 1);
-
-// True when the current task belongs to the traced command's cgroup.
-static __always_inline int in_target_cgroup(void)
-{
-    u32 zero = 0;
-    u64 *wanted = target_cgroup.lookup(&zero);
-    return wanted && *wanted == bpf_get_current_cgroup_id();
-}
-#endif
 
 #ifdef HIT_MODE
 // Written only on a probe's 0 -> 1 transition, so its traffic is bounded by the number of
@@ -38,10 +31,8 @@ int on_probe(struct pt_regs *ctx)
 #ifdef EMPTY_PROGRAM
     return 0;
 #endif
-#ifdef CGROUP_FILTER
-    if (!in_target_cgroup())
-        return 0;
-#endif
+    // No check of who is running: every link has the pid of one traced process, so the
+    // kernel runs this only for them (and puts no breakpoint in any other process).
     u32 index = (u32)bpf_get_attach_cookie(ctx);
     u64 *count = counts.lookup(&index);
     if (!count)
@@ -55,23 +46,109 @@ int on_probe(struct pt_regs *ctx)
     return 0;
 }
 
+#if defined(FOLLOW) || defined(LOADER_HOOK)
+// Processes stopped for user space, which attaches their links and then sends SIGCONT.
+// The stop is sent before the event, so that SIGCONT always comes after it.
+enum { EVENT_FORK = 1, EVENT_EXEC = 2, EVENT_LOADER = 3 };
+struct process_event {
+    u32 kind;
+    u32 pid;
+};
+BPF_RINGBUF_OUTPUT(process_events, 16);
+
+static __always_inline void stop_for_user_space(u32 kind, u32 pid)
+{
+    bpf_send_signal(19 /* SIGSTOP */);
+    struct process_event event = {kind, pid};
+    process_events.ringbuf_output(&event, sizeof(event), 0);
+}
+#endif
+
+#ifdef FOLLOW
+// Thread group ids of the processes being traced (user space adds and removes them; a
+// caught child is added here).
+BPF_HASH(traced, u32, u8, MAX_PROCESSES);
+// Children of traced processes that have not yet returned to user space.
+BPF_HASH(newborn, u32, u8, MAX_PROCESSES);
+
+// A process outside the trace never traps on bpfcov's probes: links carry pids. But a
+// forked child inherits its parent's breakpoints and not its links, and the kernel removes
+// a breakpoint that no link of the process wants at its first hit. So every child of a
+// traced process is stopped before its first instruction and given links of its own.
+//
+// sched_process_fork runs in the parent, which bpf_send_signal cannot aim at the child;
+// the child is marked here and stopped on its own return from the syscall below.
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!traced.lookup(&parent))
+        return 0;
+    u32 child = args->child_pid;
+    u8 one = 1;
+    newborn.update(&child, &one);
+    return 0;
+}
+
+static __always_inline void catch_newborn(long ret)
+{
+    if (ret != 0)
+        return;  // the parent's return, or a failure
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if ((u32)id != tgid)
+        return;  // a new thread: it shares its process's links
+    if (!newborn.lookup(&tgid))
+        return;
+    newborn.delete(&tgid);
+    u8 one = 1;
+    traced.update(&tgid, &one);
+    stop_for_user_space(EVENT_FORK, tgid);
+}
+
+#ifdef RAW_SYSCALLS
+TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+{
+    long nr = args->id;
+    if (nr == 56 || nr == 57 || nr == 58 || nr == 435)  // clone, fork, vfork, clone3
+        catch_newborn(args->ret);
+    return 0;
+}
+#else
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) { catch_newborn(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) { catch_newborn(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_fork) { catch_newborn(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork) { catch_newborn(args->ret); return 0; }
+#endif
+
+#ifdef CGROUP_START
+BPF_ARRAY(target_cgroup, u64, 1);
+
+// `bpfcov run` starts its command in a cgroup of its own; the command's exec is where its
+// program exists and has not yet run an instruction: stop it there.
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 zero = 0;
+    u64 *wanted = target_cgroup.lookup(&zero);
+    if (!wanted || *wanted != bpf_get_current_cgroup_id())
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (traced.lookup(&tgid))
+        return 0;  // its links follow it across exec
+    u8 one = 1;
+    traced.update(&tgid, &one);
+    stop_for_user_space(EVENT_EXEC, tgid);
+    return 0;
+}
+#endif
+#endif
+
 #ifdef LOADER_HOOK
 // The dynamic loader calls _dl_debug_state (the debugger's r_brk hook) after it maps
-// objects for dlopen and before it runs their constructors. Stopping the process there
-// lets user space attach to a new library before any of its code runs; user space sends
-// SIGCONT once the probes are in place. The payload is the stopped process's pid.
-BPF_RINGBUF_OUTPUT(loader_events, 16);
-
+// objects, at start-up and for dlopen, and before it runs their constructors. Stopping the
+// process there lets user space attach to the new libraries before any of their code runs.
 int on_loader_event(struct pt_regs *ctx)
 {
-#ifdef CGROUP_FILTER
-    if (!in_target_cgroup())
-        return 0;
-#endif
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    // The stop is sent before the event, so user space's SIGCONT always comes after it.
-    bpf_send_signal(19 /* SIGSTOP */);
-    loader_events.ringbuf_output(&pid, sizeof(pid), 0);
+    stop_for_user_space(EVENT_LOADER, bpf_get_current_pid_tgid() >> 32);
     return 0;
 }
 #endif

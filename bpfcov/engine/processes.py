@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 
 from bpfcov.errors import BpfcovError
 
@@ -29,21 +30,33 @@ def executable_of(pid: int) -> str:
     return exe
 
 
-def mapped_objects(pid: int) -> list[str]:
-    """Files mapped executable by `pid`, in the order they appear (executable first)."""
-    seen: list[str] = []
+@dataclass(frozen=True)
+class Mapping:
+    """A file mapped executable by a process."""
+
+    path: str          # as the process sees it (in its own mount namespace)
+    map_file: str      # /proc/PID/map_files/START-END: opens exactly the mapped file, from any namespace
+    identity: tuple    # (device, inode) as /proc/PID/maps shows them: the same file gives the same
+
+
+def executable_mappings(pid: int) -> list[Mapping]:
+    """The files `pid` maps executable, one Mapping each, in address order."""
+    found: dict[tuple, Mapping] = {}
     try:
         with open(f"/proc/{pid}/maps") as f:
             for line in f:
                 parts = line.split(maxsplit=5)
-                if len(parts) < 6 or "x" not in parts[1]:
+                if len(parts) < 6 or "x" not in parts[1] or not parts[5].startswith("/"):
                     continue
-                path = parts[5].rstrip("\n")
-                if path.startswith("/") and not path.endswith(" (deleted)") and path not in seen:
-                    seen.append(path)
+                identity = (parts[3], parts[4])
+                if identity not in found:
+                    path = parts[5].rstrip("\n").removesuffix(" (deleted)")
+                    # maps pads addresses to 8 digits; map_files names are unpadded.
+                    start, end = (int(a, 16) for a in parts[0].split("-"))
+                    found[identity] = Mapping(path, f"/proc/{pid}/map_files/{start:x}-{end:x}", identity)
     except OSError:
         return []
-    return seen
+    return list(found.values())
 
 
 def linked_libraries(executable: str) -> list[str]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import subprocess
 import threading
+from dataclasses import dataclass
 from importlib import resources
 
 from bpfcov.errors import BpfcovError
@@ -29,6 +31,27 @@ def spare_slots(lines: bool, libs: bool) -> int:
     return SPARE_SLOTS_LINES if lines else SPARE_SLOTS_FUNCTIONS
 
 
+TRACEFS = "/sys/kernel/tracing"
+
+# Processes followed at once (the BPF maps' size): a `make -j` or a server's workers.
+MAX_PROCESSES = 1 << 16
+
+
+def ensure_tracefs() -> None:
+    """bcc reads tracepoint formats from tracefs, which a fresh machine may not mount."""
+    if os.path.isdir(os.path.join(TRACEFS, "events")):
+        return
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True, text=True)
+    if result.returncode != 0 and not os.path.isdir(os.path.join(TRACEFS, "events")):
+        raise BpfcovError(f"tracefs is not mounted at {TRACEFS} and mounting it failed: "
+                          f"{result.stderr.strip() or 'mount exited ' + str(result.returncode)}")
+
+
+def _has_syscall_tracepoints() -> bool:
+    events = os.path.join(TRACEFS, "events", "syscalls")
+    return all(os.path.isdir(os.path.join(events, f"sys_exit_{name}")) for name in ("clone", "clone3", "fork", "vfork"))
+
+
 def _import_bcc():
     try:
         import bcc  # Debian's python3-bpfcc, seen through --system-site-packages
@@ -43,15 +66,39 @@ def check_privileges() -> None:
         raise BpfcovError("tracing needs root (or CAP_BPF and CAP_PERFMON): run bpfcov with sudo")
 
 
+@dataclass(frozen=True)
+class ProgramOptions:
+    hit_mode: bool
+    follow: bool = False        # catch the children of traced processes (run, attach)
+    cgroup_start: bool = False  # catch the exec of `run`'s command in its cgroup
+    loader_hook: bool = False   # stop processes in the dynamic loader (--libs, --object)
+
+
+def program_options(subcommand: str, mode: str, libs: bool = False, objects=()) -> ProgramOptions:
+    """What each tracing subcommand needs of the program."""
+    hit_mode = mode == "hit"
+    if subcommand == "watch":
+        return ProgramOptions(hit_mode)  # every process, by design: nothing to follow
+    # The loader hook attaches libraries as they are mapped, before their first instruction.
+    return ProgramOptions(hit_mode, follow=True, cgroup_start=subcommand == "run", loader_hook=libs or bool(objects))
+
+
+# Kinds of process_events (counter.c).
+EVENT_FORK, EVENT_EXEC, EVENT_LOADER = 1, 2, 3
+
+
 class CounterProgram:
     """The compiled BPF program with its maps. Close it to release every kernel object."""
 
-    def __init__(self, slots: int, hit_mode: bool, cgroup_filter: bool = False, loader_hook: bool = False,
-                 extra_cflags: tuple[str, ...] = ()):
-        bcc = _import_bcc()
+    def __init__(self, slots: int, options: ProgramOptions, extra_cflags: tuple[str, ...] = ()):
         check_privileges()
+        if options.follow:
+            ensure_tracefs()  # before bcc is imported: it looks for tracefs once, at import
+        bcc = _import_bcc()
         self.slots = max(1, slots)
-        self.hit_mode = hit_mode
+        self.options = options
+        self.hit_mode = options.hit_mode
+        hit_mode = options.hit_mode
         source = resources.files("bpfcov.engine").joinpath("counter.c").read_text()
         cflags = [f"-DMAX_PROBES={self.slots}", "-Wno-unused-variable", *extra_cflags]
         if hit_mode:
@@ -62,19 +109,22 @@ class CounterProgram:
             while pages * mmap.PAGESIZE < need and pages < (1 << 16):
                 pages *= 2
             cflags += ["-DHIT_MODE", f"-DRINGBUF_PAGES={pages}"]
-        if cgroup_filter:
-            cflags.append("-DCGROUP_FILTER")
-        if loader_hook:
+        if options.follow:
+            cflags += ["-DFOLLOW", f"-DMAX_PROCESSES={MAX_PROCESSES}"]
+            if not _has_syscall_tracepoints():
+                cflags.append("-DRAW_SYSCALLS")
+        if options.cgroup_start:
+            cflags.append("-DCGROUP_START")
+        if options.loader_hook:
             cflags.append("-DLOADER_HOOK")
         try:
             self._bpf = bcc.BPF(text=source, cflags=cflags)
             self._fn = self._bpf.load_func("on_probe", bcc.BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             self._loader_fn = self._bpf.load_func("on_loader_event", bcc.BPF.KPROBE,
-                                                  attach_type=BPF_TRACE_UPROBE_MULTI) if loader_hook else None
+                                                  attach_type=BPF_TRACE_UPROBE_MULTI) if options.loader_hook else None
         except Exception as e:  # bcc raises bare Exceptions for compile and load failures
             raise BpfcovError(f"cannot load the BPF program: {str(e).splitlines()[0] if str(e) else e} "
                               f"(are kernel headers installed under /lib/modules/{os.uname().release}/build?)") from None
-        self.cgroup_filter = cgroup_filter
         counts_fd = self._bpf["counts"].map_fd
         size = self.slots * 8
         self._mmap = mmap.mmap(counts_fd, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
@@ -82,16 +132,28 @@ class CounterProgram:
         import numpy as np  # here, not at the top: the CLI imports this module before compiling starts
         self.counts = np.frombuffer(self._mmap, dtype=np.uint64, count=self.slots)
         self._first_hits: list[int] = []
-        self._loader_pids: list[int] = []
+        self._process_events: list[tuple[int, int]] = []
         if hit_mode:
             self._bpf["first_hits"].open_ring_buffer(self._on_first_hit)
-        if loader_hook:
-            self._bpf["loader_events"].open_ring_buffer(self._on_loader_event)
+        if options.follow or options.loader_hook:
+            self._bpf["process_events"].open_ring_buffer(self._on_process_event)
 
-    def filter_cgroup(self, cgroup_id: int) -> None:
-        """Count only tasks of the cgroup v2 whose id is `cgroup_id` (before attaching)."""
+    def catch_exec_in_cgroup(self, cgroup_id: int) -> None:
+        """Stop the first exec of any task in the cgroup v2 whose id is `cgroup_id`."""
         table = self._bpf["target_cgroup"]
         table[table.Key(0)] = table.Leaf(cgroup_id)
+
+    def follow(self, pid: int) -> None:
+        """Catch the children `pid` forks from now on."""
+        table = self._bpf["traced"]
+        table[table.Key(pid)] = table.Leaf(1)
+
+    def unfollow(self, pid: int) -> None:
+        table = self._bpf["traced"]
+        try:
+            del table[table.Key(pid)]
+        except KeyError:
+            pass
 
     @property
     def prog_fd(self) -> int:
@@ -103,23 +165,24 @@ class CounterProgram:
 
     @property
     def has_events(self) -> bool:
-        return self.hit_mode or self._loader_fn is not None
+        return self.hit_mode or self.options.follow or self.options.loader_hook
 
     def _on_first_hit(self, ctx, data, size) -> int:
         self._first_hits.append(ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32))[0])
         return 0
 
-    def _on_loader_event(self, ctx, data, size) -> int:
-        self._loader_pids.append(ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32))[0])
+    def _on_process_event(self, ctx, data, size) -> int:
+        event = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32 * 2)).contents
+        self._process_events.append((event[0], event[1]))
         return 0
 
-    def wait_events(self, timeout_ms: int) -> tuple[list[int], list[int]]:
-        """Block up to `timeout_ms` for reports: (probes hit for the first time, pids the
-        loader hook stopped). Call from one thread only."""
+    def wait_events(self, timeout_ms: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Block up to `timeout_ms` for reports: (probes hit for the first time, (kind, pid)
+        of each process stopped for user space). Call from one thread only."""
         self._bpf.ring_buffer_poll(timeout_ms)
         hits, self._first_hits = self._first_hits, []
-        pids, self._loader_pids = self._loader_pids, []
-        return hits, pids
+        events, self._process_events = self._process_events, []
+        return hits, events
 
     def snapshot(self) -> "np.ndarray":
         return self.counts.copy()
@@ -147,9 +210,8 @@ class ProgramBuilder:
 
     GUESS = 1 << 16
 
-    def __init__(self, hit_mode: bool, cgroup_filter: bool = False, loader_hook: bool = False,
-                 slots_guess: int = GUESS):
-        self._options = (hit_mode, cgroup_filter, loader_hook)
+    def __init__(self, options: ProgramOptions, slots_guess: int = GUESS):
+        self._options = options
         self._guess = slots_guess
         self._program: CounterProgram | None = None
         self._error: BaseException | None = None
@@ -158,7 +220,7 @@ class ProgramBuilder:
 
     def _build(self) -> None:
         try:
-            self._program = CounterProgram(self._guess, *self._options)
+            self._program = CounterProgram(self._guess, self._options)
         except BaseException as e:  # handed to the caller of get()
             self._error = e
 
@@ -171,7 +233,7 @@ class ProgramBuilder:
         if program.slots >= slots:
             return program
         program.close()
-        return CounterProgram(slots, *self._options)
+        return CounterProgram(slots, self._options)
 
     def discard(self) -> None:
         """Release the program if nobody took it."""

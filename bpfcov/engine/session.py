@@ -1,19 +1,29 @@
-"""A tracing session: index the objects, load the program, attach, wait, collect.
+"""A tracing session: index the objects, load the program, give each traced process its
+links, collect.
 
 The three ways of choosing what is traced differ only in how the session starts and
 when it ends (see targets.py); everything here is shared by them:
 
-    session = Session(options, command, pid_filter, cgroup_id)
-    session.add_object(path)      # any number, before or after start()
+    session = Session(options, command, program_options)
+    session.add_object(path)      # objects known ahead (the command, --object, its libraries)
     session.start()
+    session.cover_process(pid)    # links for one process; its children are caught in BPF
+    session.announce()
+    ... session.service() ...     # in the wait loop: stopped processes, exited ones
     ... session.snapshot() ...    # periodic, for --interval
     run = session.finish()        # detaches everything; always call, even on error
+
+An object is known by its file (device and inode), not by its path: a process in another
+mount namespace names the same file differently, and a path may be replaced while the run
+goes on. bpfcov keeps each object open and gives the kernel /proc/self/fd/N to attach to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -26,11 +36,17 @@ import numpy as np
 from bpfcov import __version__
 from bpfcov.data.model import ObjectCoverage, RunCoverage
 from bpfcov.engine.plan import ObjectPlan, plan_object
-from bpfcov.engine.program import CounterProgram, ProgramBuilder
+from bpfcov.engine.processes import Mapping, executable_mappings
+from bpfcov.engine.program import CounterProgram, ProgramBuilder, ProgramOptions
 from bpfcov.engine.tracer import DEFAULT_SHARD_SIZE, Tracer
+from bpfcov.engine.uprobe_multi import LinkError, check_support
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.index import index_object
-from bpfcov.probes.model import ObjectIndex, name_filter
+from bpfcov.probes.insn import instruction_length, is_branch, refusal
+from bpfcov.probes.model import LineTable, ObjectIndex, ProbeStatus, name_filter
+
+# How often processes are searched for libraries mapped without the loader's knowledge.
+RESCAN_SECONDS = 1.0
 
 
 @dataclass
@@ -47,6 +63,19 @@ class TraceOptions:
     ends_by_itself: bool = True  # False for watch and attach, which say how to end them
 
 
+@dataclass
+class TracedObject:
+    key: tuple[int, int]     # (st_dev, st_ino): the file itself
+    fd: int                  # kept open for the session
+    index: ObjectIndex
+    plan: ObjectPlan | None = None  # numbered at start(), or when found later
+
+    @property
+    def kernel_path(self) -> str:
+        """What the kernel opens to attach: this very file, whatever its path is now."""
+        return f"/proc/self/fd/{self.fd}"
+
+
 def _filtered(index: ObjectIndex, wanted) -> ObjectIndex:
     """The index without the functions --include/--exclude leave out (and their lines)."""
     keep = [i for i, f in enumerate(index.functions) if wanted(f.name, f.display_name)]
@@ -58,10 +87,14 @@ def _filtered(index: ObjectIndex, wanted) -> ObjectIndex:
         renumber = np.full(len(index.functions), -1, dtype=np.int32)
         renumber[keep] = np.arange(len(keep), dtype=np.int32)
         new_owner = renumber[lines.function]
-        rows = new_owner >= 0
-        lines = type(lines)(lines.files, lines.address[rows], lines.offset[rows], lines.file[rows],
-                            lines.line[rows], new_owner[rows])
+        lines = _line_rows(lines, new_owner >= 0, new_owner)
     return ObjectIndex(index.path, index.build_id, functions, lines, index.warnings, index.debug_file)
+
+
+def _line_rows(lines: LineTable, rows: np.ndarray, owner: np.ndarray | None = None) -> LineTable:
+    owner = lines.function if owner is None else owner
+    return LineTable(lines.files, lines.address[rows], lines.offset[rows], lines.file[rows],
+                     lines.line[rows], owner[rows])
 
 
 def say(options: TraceOptions, message: str) -> None:
@@ -69,134 +102,236 @@ def say(options: TraceOptions, message: str) -> None:
         print(f"bpfcov: {message}", file=sys.stderr, flush=True)
 
 
+def raise_fd_limit() -> None:
+    """Each traced process holds a link per shard of each object it maps: allow as many
+    descriptors as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _open_mapped(pid: int, mapping: Mapping) -> int | None:
+    """A descriptor of the very file `pid` maps: through map_files, else through the
+    process's root if the inode is the one it maps; None when neither works."""
+    try:
+        return os.open(mapping.map_file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        pass
+    try:
+        fd = os.open(f"/proc/{pid}/root{mapping.path}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if str(os.fstat(fd).st_ino) == mapping.identity[1]:
+        return fd
+    os.close(fd)
+    return None
+
+
+def _file_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 class Session:
-    def __init__(self, options: TraceOptions, command: list[str], pid_filter: int = 0,
-                 cgroup_id: int | None = None, loader: str | None = None, builder: ProgramBuilder | None = None):
-        """`loader`: the dynamic loader's path, to catch dlopen() at once (for --libs).
-        `builder`: a compile the command started early (commands/tracing.py); else one
-        starts now."""
+    def __init__(self, options: TraceOptions, command: list[str], program_options: ProgramOptions,
+                 libs: bool = False, cgroup_id: int | None = None, every_process: bool = False,
+                 builder: ProgramBuilder | None = None):
+        """`libs`: probe every ELF file a traced process maps, not only those added ahead.
+        `cgroup_id`: the cgroup whose first exec is `run`'s command. `every_process`: pid-0
+        links for `watch`, on every process that maps the objects. `builder`: a compile the
+        command started early (commands/tracing.py); else one starts now."""
         self.options = options
-        self.loader = loader
-        # Set when there is something for the waiting thread to do: a stop request or a
-        # process the loader hook stopped.
-        self.wake = threading.Event()
-        self._stopped_pids: list[int] = []
-        self._stopped_lock = threading.Lock()
         self.command = command
-        self.pid_filter = pid_filter
+        self.program_options = program_options
+        self.libs = libs
         self.cgroup_id = cgroup_id
-        self.plans: list[ObjectPlan] = []
-        self._pending: list[ObjectIndex] = []
-        self._paths: set[str] = set()
+        self.every_process = every_process
+        self.objects: dict[tuple[int, int], TracedObject] = {}
+        # What each mapping (device and inode as /proc/PID/maps shows them) turned out to
+        # be: the key of a traced object, or None for a file not traced.
+        self._mapping_keys: dict[tuple, tuple[int, int] | None] = {}
+        self._loaders: dict[tuple[int, int], tuple[int, int] | None] = {}  # key -> (fd, _dl_debug_state)
         self._wanted = name_filter(options.include, options.exclude) \
             if options.include or options.exclude else None
         self.program: CounterProgram | None = None
         self.tracer: Tracer | None = None
-        self._builder = builder or ProgramBuilder(options.mode == "hit", cgroup_id is not None, loader is not None,
-                                                  slots_guess=ProgramBuilder.GUESS + options.spare_slots)
+        self._builder = builder or ProgramBuilder(program_options, ProgramBuilder.GUESS + options.spare_slots)
+        # Set when there is something for the waiting thread to do: a stop request or a
+        # process stopped for its links.
+        self.wake = threading.Event()
+        self._stopped: list[int] = []
+        self._stopped_lock = threading.Lock()
+        self._pidfds: dict[int, int] = {}
+        self._exits = select.poll()
+        self._next_rescan = 0.0
+        self.refusals: dict[int, int | None] = {}  # probe -> offset it moved to, None if dropped
         self.started = time.time()
         self.ended: float | None = None
         self.warnings: list[str] = []
         self._probes_left: int | None = None  # probes still attached when tracing stopped
 
     # -- objects -----------------------------------------------------------------------
-    def index(self, path: str) -> ObjectIndex | None:
-        """Index an object once; later calls with the same file return None."""
-        real = os.path.realpath(path)
-        if real in self._paths:
-            return None
-        self._paths.add(real)
-        index = index_object(real, lines=self.options.lines, debug_dirs=self.options.debug_dirs,
-                             quiet=self.options.quiet)
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        say(self.options, f"warning: {message}")
+
+    def _index(self, path: str, name: str) -> ObjectIndex:
+        index = index_object(path, lines=self.options.lines, debug_dirs=self.options.debug_dirs,
+                             quiet=self.options.quiet, name=name)
         for w in index.warnings:
             say(self.options, f"warning: {w}")
-        if self._wanted is not None:
-            index = _filtered(index, self._wanted)
-        return index
+        return _filtered(index, self._wanted) if self._wanted is not None else index
 
-    def add_object(self, path: str, required: bool = True) -> None:
-        """Probe the object at `path`: now if tracing has begun, else at start().
+    def _adopt(self, fd: int, path: str, name: str) -> TracedObject:
+        """Index the file open at `fd` (read at `path`) and trace it from now on."""
+        obj = TracedObject(_file_key(fd), fd, self._index(path, name))
+        self.objects[obj.key] = obj
+        if self.tracer is not None:
+            self._register(obj, plan_object(obj.index, self._next_probe()))
+        return obj
 
-        An object that is not `required` and cannot be indexed or attached is skipped with
-        a warning."""
+    def add_object(self, path: str, required: bool = True, name: str | None = None) -> None:
+        """Trace the object at `path` in every process that maps it. `name`: its path as
+        reports show it, when `path` is only a way in (/proc/PID/exe). An object that is not
+        `required` and cannot be indexed is skipped with a warning."""
         try:
-            index = self.index(path)
-            if index is None:
-                return
-            if self.tracer is None:
-                self._pending.append(index)
-            else:
-                self._attach(index)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if required:
+                raise BpfcovError(f"{path}: {e.strerror}") from None
+            return
+        if _file_key(fd) in self.objects:
+            os.close(fd)
+            return
+        try:
+            self._adopt(fd, path, name or os.path.realpath(path))
         except BpfcovError as e:
+            os.close(fd)
             if required:
                 raise
-            say(self.options, f"warning: not tracing {path}: {e}")
+            self._warn(f"not tracing {name or path}: {e}")
+
+    def _object_for(self, pid: int, mapping: Mapping) -> TracedObject | None:
+        """The traced object a process's mapping is, adopting it if --libs wants it."""
+        if mapping.identity in self._mapping_keys:
+            key = self._mapping_keys[mapping.identity]
+            return self.objects.get(key) if key is not None else None
+        fd = _open_mapped(pid, mapping)
+        if fd is None:
+            return None  # unmapped meanwhile: seen again at the next look
+        key = _file_key(fd)
+        obj = self.objects.get(key)
+        if obj is not None or not self.libs or os.pread(fd, 4, 0) != b"\x7fELF":
+            os.close(fd)
+            self._mapping_keys[mapping.identity] = obj.key if obj is not None else None
+            return obj
+        # Read it where the process sees it when that is the same file (debug files are
+        # then found beside it), else through the descriptor.
+        path = f"/proc/{pid}/root{mapping.path}"
+        try:
+            if (os.stat(path).st_dev, os.stat(path).st_ino) != key:
+                path = f"/proc/self/fd/{fd}"
+        except OSError:
+            path = f"/proc/self/fd/{fd}"
+        try:
+            obj = self._adopt(fd, path, mapping.path)
+        except BpfcovError as e:
+            os.close(fd)
+            self._mapping_keys[mapping.identity] = None
+            self._warn(f"not tracing {mapping.path}: {e}")
+            return None
+        self._mapping_keys[mapping.identity] = key
+        return obj
 
     def _next_probe(self) -> int:
-        return self.plans[-1].first_probe + self.plans[-1].probe_count if self.plans else 0
+        plans = [o.plan for o in self.objects.values() if o.plan is not None]
+        return max((p.first_probe + p.probe_count for p in plans), default=0)
 
-    def _attach(self, index: ObjectIndex) -> None:
-        self._attach_plan(plan_object(index, self._next_probe()))
-
-    def _attach_plan(self, plan: ObjectPlan) -> None:
-        index = plan.index
+    def _register(self, obj: TracedObject, plan: ObjectPlan) -> None:
+        """Number the object's probes as `plan` says and make them ready to attach."""
         if plan.first_probe + plan.probe_count > self.program.slots:
-            message = f"warning: no probe slots left for {index.path}; it is not traced"
-            self.warnings.append(message)
-            say(self.options, message)
+            self._warn(f"no probe slots left for {obj.index.path}; it is not traced")
             return
+        obj.plan = plan
         if plan.probe_count:
-            self.tracer.add_object(index.path, plan.offsets, plan.first_probe)
-        self.plans.append(plan)
+            self.tracer.add_object(obj.key, obj.kernel_path, plan.offsets, plan.first_probe)
+        if self.every_process:
+            self.tracer.attach(0, obj.key)
 
-    # -- life cycle --------------------------------------------------------------------
-    def start(self) -> None:
-        """Load the BPF program and attach every pending object."""
-        # Number every pending object's probes once: their total sizes the program.
-        plans, first_probe = [], 0
-        for index in self._pending:
-            plans.append(plan_object(index, first_probe))
-            first_probe += plans[-1].probe_count
-        self._pending = []
-        self.program = self._builder.get(first_probe + self.options.spare_slots)
-        if self.cgroup_id is not None:
-            self.program.filter_cgroup(self.cgroup_id)
-        self.tracer = Tracer(self.program, self.pid_filter, self.options.shard_size,
-                             on_loader_stop=self._loader_stopped)
-        for plan in plans:
-            self._attach_plan(plan)
-        if self.loader is not None:
-            self._hook_loader(self.loader)
-        self.tracer.start()
-        functions = sum(int((p.function_probe >= 0).sum()) for p in self.plans)
-        lines = sum(len(p.index.lines) for p in self.plans if p.index.lines is not None)
-        what = f"{functions:,} functions" + (f" and {lines:,} lines" if self.options.lines else "")
-        n = len(self.plans)
-        end = "" if self.options.ends_by_itself else " Ctrl-C to end."
-        say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''} ({self.options.mode} mode)...{end}")
-        self.started = time.time()
+    # -- processes ---------------------------------------------------------------------
+    def cover_process(self, pid: int) -> bool:
+        """Give process `pid` links on every traced object it maps (and the loader hook),
+        and follow its children. False when the process has gone."""
+        if pid not in self._pidfds:
+            try:
+                self._pidfds[pid] = os.pidfd_open(pid)
+            except OSError:
+                return False
+            self._exits.register(self._pidfds[pid], select.POLLIN)
+        self.program.follow(pid)
+        for mapping in executable_mappings(pid):
+            obj = self._object_for(pid, mapping)
+            if obj is not None and not self.tracer.attach(pid, obj.key):
+                return False
+            if self.program_options.loader_hook and os.path.basename(mapping.path).startswith("ld-"):
+                self._hook_loader(pid, mapping)
+        return True
 
-    # -- dlopen: the loader hook -------------------------------------------------------
-    def _hook_loader(self, loader: str) -> None:
-        index = index_object(loader, quiet=True)
-        hook = next((f for f in index.functions
-                     if "_dl_debug_state" in (f.name.split("@")[0], *(a.split("@")[0] for a in f.aliases))), None)
-        if hook is None or hook.probe_offset is None:
-            say(self.options, f"warning: {loader} has no _dl_debug_state; libraries opened with dlopen() "
-                              "are found by polling, and their first calls may be missed")
+    def _hook_loader(self, pid: int, mapping: Mapping) -> None:
+        """Stop `pid` in the dynamic loader whenever it maps objects (dlopen included)."""
+        fd = _open_mapped(pid, mapping)
+        if fd is None:
             return
-        self.tracer.add_loader_hook(os.path.realpath(loader), hook.probe_offset)
+        key = _file_key(fd)
+        if key not in self._loaders:
+            self._loaders[key] = None
+            index = index_object(f"/proc/self/fd/{fd}", quiet=True, name=mapping.path)
+            hook = next((f for f in index.functions if "_dl_debug_state" in
+                         (f.name.split("@")[0], *(a.split("@")[0] for a in f.aliases))), None)
+            if hook is None or hook.probe_offset is None:
+                self._warn(f"{mapping.path} has no _dl_debug_state; libraries opened with dlopen() are found "
+                           "by polling, and their first calls may be missed")
+            else:
+                self._loaders[key] = (fd, hook.probe_offset)
+                fd = None
+        if fd is not None:
+            os.close(fd)
+        hook = self._loaders[key]
+        if hook is not None:
+            self.tracer.add_loader_hook(pid, f"/proc/self/fd/{hook[0]}", hook[1])
 
-    def _loader_stopped(self, pids: list[int]) -> None:
-        """Called from the event thread: these processes are stopped inside the loader."""
+    def _processes_stopped(self, events: list[tuple[int, int]]) -> None:
+        """Called from the event thread: these processes are stopped for their links."""
         with self._stopped_lock:
-            self._stopped_pids.extend(pids)
+            self._stopped.extend(pid for _, pid in events)
         self.wake.set()
 
-    def take_stopped(self) -> list[int]:
+    def service(self) -> None:
+        """Give each stopped process its links and let it go on; forget exited processes.
+        Called by the thread that waits for the trace to end."""
         with self._stopped_lock:
-            pids, self._stopped_pids = self._stopped_pids, []
-        return pids
+            stopped, self._stopped = self._stopped, []
+        try:
+            for pid in dict.fromkeys(stopped):
+                try:
+                    self.cover_process(pid)
+                except (BpfcovError, LinkError) as e:
+                    self._warn(f"process {pid} is not fully traced: {e}")
+        finally:
+            self.resume(stopped)
+        if self.libs and time.monotonic() >= self._next_rescan:
+            self._next_rescan = time.monotonic() + RESCAN_SECONDS
+            for pid in list(self._pidfds):
+                self.cover_process(pid)
+        for fd, _ in self._exits.poll(0):
+            pid = next(p for p, f in self._pidfds.items() if f == fd)
+            self._forget(pid)
+
+    def _forget(self, pid: int) -> None:
+        self.tracer.detach(pid)
+        self.program.unfollow(pid)
+        self._exits.unregister(self._pidfds[pid])
+        os.close(self._pidfds.pop(pid))
 
     @staticmethod
     def resume(pids: list[int]) -> None:
@@ -206,17 +341,99 @@ class Session:
             except ProcessLookupError:
                 pass
 
+    # -- probes the kernel refuses -------------------------------------------------------
+    def _owner(self, probe: int) -> TracedObject:
+        return next(o for o in self.objects.values()
+                    if o.plan is not None and o.plan.first_probe <= probe < o.plan.first_probe + o.plan.probe_count)
+
+    def _refused(self, probe: int, offset: int) -> int | None:
+        """The kernel refused `probe` at `offset`: where to probe instead, or None to drop it.
+
+        A function's entry moves to its next instruction, which runs exactly when the
+        entry does, if the entry is not a branch; a line probe is dropped (its line is then
+        not reported, rather than reported unexecuted). Called by the tracer."""
+        obj = self._owner(probe)
+        moved = None
+        entries = np.flatnonzero(obj.plan.function_probe == probe)
+        if len(entries) and probe not in self.refusals:
+            function = obj.index.functions[int(entries[0])]
+            code = os.pread(obj.fd, 16, offset)
+            length = instruction_length(code)
+            if length and not is_branch(code) and offset + length < function.offset + function.size \
+                    and refusal(os.pread(obj.fd, 16, offset + length)) is None:
+                moved = offset + length
+        self.refusals[probe] = moved
+        return moved
+
+    def _with_refusals(self, obj: TracedObject) -> tuple[ObjectIndex, np.ndarray | None]:
+        """The object's index as measured: functions whose probe the kernel refused are
+        moved or unmeasured, refused line probes gone. Also the line rows kept."""
+        plan, index = obj.plan, obj.index
+        refused = [p for p in self.refusals if plan.first_probe <= p < plan.first_probe + plan.probe_count]
+        if not refused:
+            return index, None
+        functions = list(index.functions)
+        for i in np.flatnonzero(np.isin(plan.function_probe, refused)):
+            f = functions[i]
+            moved = self.refusals[int(plan.function_probe[i])]
+            note = "the kernel refused the probe at the entry"
+            functions[i] = dataclasses.replace(
+                f, probe=ProbeStatus.MOVED if moved is not None else ProbeStatus.UNMEASURED, probe_offset=moved,
+                probe_note=f"{note}; probed at +{moved - f.offset}" if moved is not None else note)
+        keep = None
+        lines = index.lines
+        if lines is not None and plan.line_probe is not None:
+            keep = ~np.isin(plan.line_probe, refused)
+            lines = _line_rows(lines, keep)
+        return dataclasses.replace(index, functions=functions, lines=lines), keep
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the BPF program and get every object ready to attach."""
+        # Number every object's probes once: their total sizes the program.
+        plans, first_probe = [], 0
+        for obj in self.objects.values():
+            plans.append(plan_object(obj.index, first_probe))
+            first_probe += plans[-1].probe_count
+        raise_fd_limit()
+        self.program = self._builder.get(first_probe + self.options.spare_slots)
+        check_support(self.program.prog_fd)
+        if self.cgroup_id is not None:
+            self.program.catch_exec_in_cgroup(self.cgroup_id)
+        self.tracer = Tracer(self.program, self.options.shard_size, on_process_events=self._processes_stopped,
+                             on_refused=self._refused)
+        for obj, plan in zip(list(self.objects.values()), plans):
+            self._register(obj, plan)
+        self.tracer.start()
+        self.started = time.time()
+
+    def announce(self) -> None:
+        """Say what is traced, once probes are in place (a user may act on this line)."""
+        plans = [o.plan for o in self.objects.values() if o.plan is not None]
+        functions = sum(int((p.function_probe >= 0).sum()) for p in plans)
+        lines = sum(len(p.index.lines) for p in plans if p.index.lines is not None)
+        what = f"{functions:,} functions" + (f" and {lines:,} lines" if self.options.lines else "")
+        n = len(plans)
+        more = " and any other library a traced process maps" if self.libs else ""
+        end = "" if self.options.ends_by_itself else " Ctrl-C to end."
+        say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''}{more} "
+                          f"({self.options.mode} mode)...{end}")
+
     def coverage(self, counts: np.ndarray, complete: bool) -> RunCoverage:
         objects = []
-        for plan in self.plans:
+        for obj in self.objects.values():
+            plan = obj.plan
+            if plan is None:
+                continue
+            index, kept_lines = self._with_refusals(obj)
             fp = plan.function_probe
             fcounts = np.where(fp >= 0, counts[np.maximum(fp, 0)].astype(np.int64), 0)
             lcounts = None
             if plan.line_probe is not None:
-                lp = plan.line_probe
+                lp = plan.line_probe if kept_lines is None else plan.line_probe[kept_lines]
                 lcounts = np.where(lp >= 0, counts[np.maximum(lp, 0)].astype(np.int64), 0) if len(lp) \
                     else np.zeros(0, dtype=np.int64)
-            objects.append(ObjectCoverage(plan.index, fcounts, lcounts))
+            objects.append(ObjectCoverage(index, fcounts, lcounts))
         return RunCoverage(
             mode=self.options.mode, command=list(self.command), started=self.started,
             ended=self.ended if complete else time.time(), host=socket.gethostname(),
@@ -226,10 +443,12 @@ class Session:
     def stats(self) -> dict:
         tracer = self.tracer.stats if self.tracer is not None else None
         return {
-            "probes": sum(p.probe_count for p in self.plans),
+            "probes": sum(o.plan.probe_count for o in self.objects.values() if o.plan is not None),
             "relinks": tracer.relinks if tracer else 0,
             "relink_seconds": round(tracer.relink_seconds, 4) if tracer else 0.0,
             "links_created": tracer.links_created if tracer else 0,
+            "processes": tracer.processes if tracer else 0,
+            "probes_refused_at_attach": tracer.refused if tracer else 0,
             "probes_left": self._probes_left if self._probes_left is not None else
             (self.tracer.probes_left if self.tracer else 0),
             "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -254,25 +473,44 @@ class Session:
                 for e in self.tracer.stats.errors[:3]:
                     say(self.options, f"warning: {e}")
         finally:
-            self.resume(self.take_stopped())  # never leave a process stopped
+            with self._stopped_lock:
+                stopped, self._stopped = self._stopped, []
+            self.resume(stopped)  # never leave a process stopped
+            for fd in self._pidfds.values():
+                os.close(fd)
+            self._pidfds = {}
             self._builder.discard()
             if self.program is not None:
                 counts = self.program.snapshot()
-                release = threading.Thread(target=self._release, args=(self.tracer, self.program),
-                                           name="bpfcov-release")
+                release = threading.Thread(target=self._release, name="bpfcov-release",
+                                           args=(self.tracer, self.program, self._open_files()))
                 release.start()
                 _releases.append(release)
+            else:
+                self._close_files(self._open_files())
         if counts is None:
             return None
         return self.coverage(counts, complete=True)
 
+    def _open_files(self) -> list[int]:
+        return [o.fd for o in self.objects.values()] + [h[0] for h in self._loaders.values() if h is not None]
+
     @staticmethod
-    def _release(tracer: Tracer | None, program: CounterProgram) -> None:
+    def _close_files(fds: list[int]) -> None:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @classmethod
+    def _release(cls, tracer: Tracer | None, program: CounterProgram, files: list[int]) -> None:
         try:
             if tracer is not None:
                 tracer.wait_closed()
         finally:
             program.close()
+            cls._close_files(files)  # after the links: the kernel opened them by these
 
 
 # Sessions whose links are still closing (see Session.finish).

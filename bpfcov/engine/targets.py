@@ -1,10 +1,14 @@
 """The three ways to choose what is traced, and when tracing ends.
 
 - trace_command: `bpfcov run -- CMD`: the command and every process it forks or execs,
-  from its first instruction. The command runs in a cgroup of its own and the BPF program
-  counts only that cgroup; probes are in place before the command is started.
-- trace_pid: `bpfcov attach --pid PID`: one live process (the probes' pid filter).
+  from its first instruction. The command starts in a cgroup of its own, where its exec
+  stops it until its links are in place; its children are caught as they are forked.
+- trace_pid: `bpfcov attach --pid PID`: one live process from now on, and the children it
+  forks from now on.
 - trace_paths: `bpfcov watch PATH…`: every process on the host that maps the objects.
+
+Links carry the pid of each traced process, so no other process on the host traps on a
+probe of bpfcov's; only `watch` puts its probes into every process, by design.
 
 Each returns the session's final coverage; the caller writes it. Whatever happens, the
 session is finished before these return or raise: tracing has stopped and its links are
@@ -25,8 +29,8 @@ from typing import Callable
 
 from bpfcov.data.model import RunCoverage
 from bpfcov.engine.cgroup import RunCgroup
-from bpfcov.engine.program import spare_slots
-from bpfcov.engine.processes import executable_of, linked_libraries, mapped_objects, process_exists
+from bpfcov.engine.program import program_options, spare_slots
+from bpfcov.engine.processes import executable_of, linked_libraries, process_exists
 from bpfcov.engine.session import Session, TraceOptions
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.elf import ElfObject
@@ -82,36 +86,19 @@ class Stopper:
 
 
 def _wait_loop(session: Session, stopper: Stopper, alive: Callable[[], bool], duration: float | None,
-               interval: float | None, on_snapshot: Callable[[RunCoverage], None] | None,
-               discover: Callable[[], list[str]] | None) -> None:
+               interval: float | None, on_snapshot: Callable[[RunCoverage], None] | None) -> None:
     start = time.monotonic()
     next_snapshot = start + interval if interval else None
     while alive() and not stopper.stop_requested:
         now = time.monotonic()
         if duration is not None and now - start >= duration:
             break
-        if discover is not None:
-            stopped = session.take_stopped()
-            try:
-                for path in discover():
-                    session.add_object(path, required=False)
-            finally:
-                session.resume(stopped)
+        session.service()
         if next_snapshot is not None and now >= next_snapshot and on_snapshot is not None:
             on_snapshot(session.snapshot())
             next_snapshot = now + interval
         session.wake.wait(POLL_SECONDS)
         session.wake.clear()
-
-
-def interpreter_of(executable: str) -> str | None:
-    """The dynamic loader named in PT_INTERP, if any."""
-    with ElfObject(executable) as obj:
-        for segment in obj.elf.iter_segments():
-            if segment.header.p_type == "PT_INTERP":
-                path = segment.get_interp_name()
-                return path if os.path.exists(path) else None
-    return None
 
 
 def _check_elf(path: str) -> None:
@@ -135,20 +122,17 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
                   duration: float | None = None, interval: float | None = None,
                   on_snapshot=None, builder=None) -> tuple[RunCoverage | None, Ending]:
     executable = resolve_command(command)
-    targets = list(objects)
     with open(executable, "rb") as f:
         is_elf = f.read(4) == b"\x7fELF"
-    if is_elf:
-        targets.insert(0, executable)
-    elif not objects:
+    if not is_elf and not objects:
         raise BpfcovError(f"{command[0]} is not an ELF executable (a script?); name the binary to "
                           "trace with --object PATH")
-    for path in targets:
+    for path in [executable] * is_elf + objects:
         _check_elf(path)
     options.spare_slots = spare_slots(options.lines, libs)
     cgroup = RunCgroup()
-    loader = interpreter_of(executable) if libs and is_elf else None
-    session = Session(options, command, pid_filter=0, cgroup_id=cgroup.id, loader=loader, builder=builder)
+    session = Session(options, command, program_options("run", options.mode, libs, objects), libs=libs,
+                      cgroup_id=cgroup.id, builder=builder)
     ending = Ending()
     proc = None
 
@@ -161,12 +145,6 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
             return False
         return True
 
-    def discover() -> list[str]:
-        found = []
-        for pid in cgroup.pids():
-            found.extend(p for p in mapped_objects(pid) if p not in found)
-        return found
-
     procs_file = cgroup.procs_file
 
     def enter_cgroup() -> None:  # runs in the child between fork and exec
@@ -175,21 +153,25 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
 
     try:
         with Stopper(session.wake, forward) as stopper:
-            for path in targets:
-                # With --object, the command may be a mere launcher (a shell, a stripped tool).
-                session.add_object(path, required=not (objects and path == executable))
+            if is_elf:
+                # With --object or --libs, the command may be a mere launcher (a stripped tool).
+                session.add_object(executable, required=not (objects or libs))
+            for path in objects:
+                session.add_object(path)
             if libs and is_elf:
+                # Indexed now, so that attaching when the command maps them is quick.
                 for path in linked_libraries(executable):
                     session.add_object(path, required=False)
             session.start()
+            session.announce()  # the command's links are made at its exec, before it runs
             if not stopper.stop_requested:  # else interrupted before the command started
                 try:
+                    # The command stops at its exec (counter.c), where it is given its links.
                     proc = subprocess.Popen(command, executable=executable if is_elf else None,
                                             preexec_fn=enter_cgroup)
                 except OSError as e:
                     raise BpfcovError(f"cannot start {command[0]}: {e.strerror}") from None
-                _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot,
-                           discover if libs else None)
+                _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot)
         code = proc.poll() if proc is not None else None
         if code is not None:
             if code < 0:
@@ -202,37 +184,38 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
     return run, ending
 
 
+
+
 def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
               duration: float | None = None, interval: float | None = None,
               on_snapshot=None, builder=None) -> RunCoverage | None:
     if pid <= 0 or not process_exists(pid):
         raise BpfcovError(f"no process with pid {pid}")
-    executable = executable_of(pid)
-    targets = [executable] + list(objects)
-    for path in targets:
+    executable = executable_of(pid)  # as the process sees it, in its own mount namespace
+    for path in objects:
         _check_elf(path)
     options.spare_slots = spare_slots(options.lines, libs)
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise BpfcovError(f"process {pid} exited before bpfcov could attach") from None
-    loader = next((p for p in mapped_objects(pid) if os.path.basename(p).startswith("ld-")), None) if libs else None
-    session = Session(options, [f"pid {pid}", executable], pid_filter=pid, loader=loader, builder=builder)
+    session = Session(options, [f"pid {pid}", executable], program_options("attach", options.mode, libs, objects),
+                      libs=libs, builder=builder)
+
     def alive() -> bool:
         return not select.select([pidfd], [], [], 0)[0]
 
     try:
         with Stopper(session.wake) as stopper:
-            for path in targets:
+            # /proc/PID/exe opens the very file, from any mount namespace.
+            session.add_object(f"/proc/{pid}/exe", required=not libs, name=executable)
+            for path in objects:
                 session.add_object(path)
-            if libs:
-                for path in mapped_objects(pid):
-                    session.add_object(path, required=False)
             session.start()
-            if not process_exists(pid):
+            if not session.cover_process(pid):
                 raise BpfcovError(f"process {pid} exited during attach")
-            _wait_loop(session, stopper, alive, duration, interval, on_snapshot,
-                       (lambda: mapped_objects(pid)) if libs else None)
+            session.announce()
+            _wait_loop(session, stopper, alive, duration, interval, on_snapshot)
     finally:
         os.close(pidfd)
         run = session.finish()
@@ -245,13 +228,16 @@ def trace_paths(paths: list[str], options: TraceOptions, duration: float | None 
         raise BpfcovError("watch needs at least one PATH to an ELF object")
     for path in paths:
         _check_elf(path)
-    session = Session(options, ["watch"] + [os.path.realpath(p) for p in paths], pid_filter=0, builder=builder)
+    session = Session(options, ["watch"] + [os.path.realpath(p) for p in paths], program_options("watch", options.mode),
+                      every_process=True, builder=builder)
     try:
         with Stopper(session.wake) as stopper:
             for path in paths:
                 session.add_object(path)
             session.start()
-            _wait_loop(session, stopper, lambda: True, duration, interval, on_snapshot, None)
+            session.announce()
+            _wait_loop(session, stopper, lambda: True, duration, interval, on_snapshot)
     finally:
         run = session.finish()
     return run
+

@@ -21,6 +21,7 @@ SYS_BPF = 321  # x86-64
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
 MAX_PROBES_PER_LINK = 1 << 20  # the kernel's MAX_UPROBE_MULTI_CNT
+ENOTSUPP = 524  # kernel-internal errno: an instruction uprobes refuse
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -76,8 +77,24 @@ def create_link(prog_fd: int, path: str, offsets: np.ndarray, cookies: np.ndarra
     return fd
 
 
+def check_support(prog_fd: int) -> None:
+    """Fail unless this kernel creates uprobe_multi links with a pid (Linux 6.6 and later).
+
+    Asked of the kernel itself: a one-probe link on a file no process maps (this module's
+    own source), filtered to bpfcov's pid, installs no breakpoint anywhere."""
+    path = os.path.abspath(__file__)
+    try:
+        fd = create_link(prog_fd, path, np.zeros(1, dtype=np.uint64), np.zeros(1, dtype=np.uint64), os.getpid())
+    except LinkError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.E2BIG):
+            raise BpfcovError("this kernel has no uprobe_multi links with a pid filter (Linux 6.6 and later "
+                              f"have them): {os.strerror(e.errno)}") from None
+        raise
+    os.close(fd)
+
+
 def _explain(err: int) -> str:
-    if err == 524:  # ENOTSUPP, kernel-internal: an instruction uprobes refuse
+    if err == ENOTSUPP:
         return "the kernel refused to probe an instruction (ENOTSUPP)"
     if err == errno.EINVAL:
         return "invalid argument (is this kernel older than 6.6, without uprobe_multi?)"

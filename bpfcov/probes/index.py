@@ -102,7 +102,8 @@ def _line_table(obj: ElfObject, rows: LineRows, functions: list[Function]) -> Li
     )
 
 
-def _build(path: str, lines: bool, debug_dirs: tuple[str, ...], progress: Progress) -> ObjectIndex:
+def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progress: Progress) -> ObjectIndex:
+    """The index of the object read at `path`, called `name` in messages and reports."""
     warnings: list[str] = []
     with ElfObject(path) as obj:
         build_id = obj.build_id()
@@ -121,13 +122,13 @@ def _build(path: str, lines: bool, debug_dirs: tuple[str, ...], progress: Progre
             progress.update("reading symbols")
             symbols = [s for s in symbols_from.function_symbols() if obj.file_offset(s.address) is not None]
             if not symbols:
-                raise BpfcovError(f"{path}: no function symbols to probe (stripped, with no debug file found)")
+                raise BpfcovError(f"{name}: no function symbols to probe (stripped, with no debug file found)")
             rows = None
             progress.update("reading the DWARF line table")
             try:
                 rows = read_line_rows(dwarf_from.elf)
             except DwarfUnreadable as e:
-                warnings.append(f"{path}: corrupt DWARF ({e}); using symbols only, without source lines")
+                warnings.append(f"{name}: corrupt DWARF ({e}); using symbols only, without source lines")
             folded = fold_aliases(symbols)
             names = [p.name for p, _, _ in folded]
             pretty = demangle_all(names)
@@ -154,27 +155,31 @@ def _build(path: str, lines: bool, debug_dirs: tuple[str, ...], progress: Progre
         finally:
             if debug_obj is not None:
                 debug_obj.close()
-    return ObjectIndex(os.path.abspath(path), build_id, functions, table, warnings, debug_path)
+    return ObjectIndex(name, build_id, functions, table, warnings, debug_path)
 
 
 def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (),
-                 use_cache: bool = True, quiet: bool = False) -> ObjectIndex:
-    """The probe index of the ELF object at `path`, from the cache when it is fresh."""
+                 use_cache: bool = True, quiet: bool = False, name: str | None = None) -> ObjectIndex:
+    """The probe index of the ELF object at `path`, from the cache when it is fresh.
+
+    `name` is the object's path as reports show it, when `path` is only a way to open it
+    (a process's /proc/PID/map_files entry, or its view of another mount namespace)."""
+    name = name or os.path.abspath(path)
     key = cache.key_for(path, lines, debug_dirs) if use_cache else None
     if key is not None:
         cached = cache.load(key)
         if cached is not None:
-            cached.path = os.path.abspath(path)
+            cached.path = name
             return cached
-    progress = Progress(f"indexing {os.path.basename(path)}", quiet=quiet)
+    progress = Progress(f"indexing {os.path.basename(name)}", quiet=quiet)
     try:
-        index = _build(path, lines, debug_dirs, progress)
+        index = _build(path, name, lines, debug_dirs, progress)
     except BpfcovError:
         raise
     except Exception as e:
         # The file is untrusted input: whatever a malformed one makes the ELF reader raise
         # is the file's fault, said in one line (the cause stays chained for --debug).
-        raise BpfcovError(f"{path}: malformed ELF file ({type(e).__name__}: {str(e)[:200]})") from e
+        raise BpfcovError(f"{name}: malformed ELF file ({type(e).__name__}: {str(e)[:200]})") from e
     finally:
         progress.done()
     if key is not None:
