@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from bpfcov.probes.index import index_object
-from bpfcov.probes.insn import find_probe_site, refusal
+from bpfcov.probes.insn import find_probe_site, kernel_refusal, refusal
 from bpfcov.probes.model import ProbeStatus
 from conftest import bpfcov, target
 
@@ -116,7 +116,11 @@ def test_instruction_check_follows_the_kernel_rules():
     assert refusal(bytes.fromhex("2e0f1f840000000000")) == "cs prefix"  # cs nopw padding
     assert refusal(bytes.fromhex("3effe0")) == "ds prefix"  # notrack jmp *%rax
     assert refusal(bytes.fromhex("c5f96ec6")) == "VEX opcode 0x6e"  # vmovd %esi,%xmm0: judged as outs
-    assert refusal(bytes.fromhex("62e27d287ac6")) is None  # vpbroadcastb %esi,%ymm16 (EVEX): as jp
+    # vpbroadcastb %esi,%ymm16 (EVEX): judged as jp, so accepted, then emulated as jp: never probed.
+    assert kernel_refusal(bytes.fromhex("62e27d287ac6")) is None
+    assert "branch" in refusal(bytes.fromhex("62e27d287ac6"))
+    assert refusal(bytes.fromhex("c5fdfec1")) is None  # vpaddd: accepted and run as it is
+    assert "FMA4" in refusal(bytes.fromhex("c4e3f96bc210"))  # vfmaddsd (libm's __fma_fma4)
     assert refusal(bytes.fromhex("66e800000000")) is not None  # call with an operand-size prefix
     assert refusal(bytes.fromhex("cc")) is not None  # int3 already there
     assert refusal(bytes.fromhex("f30f1efa")) is None  # endbr64

@@ -21,8 +21,9 @@ from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 
-# 2: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches).
-SCHEMA = 2
+# 3: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches),
+# and avoid VEX instructions the kernel would misemulate.
+SCHEMA = 3
 
 
 def cache_dir() -> str:

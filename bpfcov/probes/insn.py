@@ -3,7 +3,8 @@
 The kernel decides when it installs a probe into a process that maps the file
 (arch_uprobe_analyze_insn in arch/x86/kernel/uprobes.c, Linux 6.18), in this order:
 
-1. The instruction must decode (its insn decoder; else ENOEXEC).
+1. The instruction must decode (its insn decoder; else ENOEXEC). Its opcode map lacks
+   AMD's FMA4 and SSE4A's extrq/insertq, which capstone decodes (libm's *_fma4 code).
 2. No ES, CS, SS, DS or LOCK prefix among the legacy prefixes (`is_prefix_bad`).
 3. Not an instruction that masks exceptions: `mov` to %ss, `pop %ss`.
 4. The first opcode byte must be set in `good_insns_64`. For VEX (c4, c5) and EVEX (62)
@@ -14,6 +15,13 @@ The kernel decides when it installs a probe into a process that maps the file
    only in 32-bit mode).
 5. A relative branch or call (e8, e9, eb, 7x, 0f 8x) with an operand-size (66) prefix.
 And the uprobe core refuses an int3 already in place (prepare_uprobe).
+
+Some instructions the kernel accepts and then runs wrongly: before single-stepping an
+instruction it decides from the opcode byte alone whether to emulate it as a branch
+(branch_setup_xol_ops, and insn_is_nop for nops), so a VEX `vpcmpeqb` (opcode 0x74) is
+emulated as `je`, `vpor` (eb) as `jmp`, `vpsubsb` (e8) as `call`, `kmovw` (90) as a nop,
+and the instruction itself never runs. Seen here: with line probes in glibc, python3 died
+of SIGSEGV in __strrchr_avx2. bpfcov never probes these (`misemulation`).
 
 These rules are a prediction: the kernel has the last word. When a link is refused anyway
 (another kernel version, a decoder difference), the engine finds the refused probes by
@@ -63,6 +71,9 @@ _VEX_LENGTH = {0xC5: 2, 0xC4: 3, 0x62: 4}
 # Relative branches whose operand-size override the kernel refuses (branch_setup_xol_ops).
 _RELATIVE_BRANCHES = frozenset({0xE8, 0xE9, 0xEB, *range(0x70, 0x80)})
 
+# VEX/EVEX opcode bytes the kernel takes for a branch or a nop and emulates as one.
+_MISEMULATED_VEX_OPCODES = _RELATIVE_BRANCHES | {0x90}
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeSite:
@@ -74,6 +85,11 @@ class ProbeSite:
 _decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _decoder.detail = True
 
+# Instructions capstone decodes that the kernel's decoder does not know (its opcode map,
+# arch/x86/lib/x86-opcode-map.txt, has no entry): AMD's FMA4, at these opcodes of the VEX
+# 0f3a map, and SSE4A's extrq/insertq (66 or f2, then 0f 78/79). Checked: tests/test_kernel_rules.py.
+_FMA4_OPCODES = frozenset({*range(0x5C, 0x60), *range(0x68, 0x70), *range(0x78, 0x80)})
+
 _BRANCH_GROUPS = {capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_RET,
                   capstone.CS_GRP_INT, capstone.CS_GRP_IRET, capstone.CS_GRP_BRANCH_RELATIVE}
 
@@ -83,8 +99,35 @@ def _decode(raw: bytes, address: int = 0):
 
 
 def refusal(raw: bytes) -> str | None:
+    """Why bpfcov must not probe the instruction at the start of `raw` (the kernel refuses
+    it, or would run it wrongly), or None. `raw` holds at least the instruction (15 bytes)."""
+    return kernel_refusal(raw) or misemulation(raw)
+
+
+def _vex_opcode(code: bytes) -> int | None:
+    """The opcode byte of a VEX or EVEX instruction, None for any other."""
+    i = 0
+    while i < len(code) and code[i] in LEGACY_PREFIXES:
+        i += 1
+    if i < len(code) and 0x40 <= code[i] <= 0x4F:
+        i += 1
+    if i < len(code) and code[i] in _VEX_LENGTH and i + _VEX_LENGTH[code[i]] < len(code):
+        return code[i + _VEX_LENGTH[code[i]]]
+    return None
+
+
+def misemulation(raw: bytes) -> str | None:
+    """Why the kernel, accepting a probe on this instruction, would not run it (see above)."""
+    insn = _decode(raw)
+    op = _vex_opcode(bytes(insn.bytes)) if insn is not None else None
+    if op in _MISEMULATED_VEX_OPCODES:
+        return f"the kernel would emulate this VEX instruction (opcode {op:#04x}) as a branch or nop"
+    return None
+
+
+def kernel_refusal(raw: bytes) -> str | None:
     """Why the kernel refuses a uprobe on the instruction at the start of `raw`, or None
-    if it takes it. `raw` holds at least the instruction's bytes (15 are enough)."""
+    if it takes it."""
     insn = _decode(raw)
     if insn is None:
         return "undecodable instruction"
@@ -99,10 +142,13 @@ def refusal(raw: bytes) -> str | None:
         i += 1
     if i < len(code) and code[i] in _VEX_LENGTH:
         kind = {0xC5: "VEX", 0xC4: "VEX", 0x62: "EVEX"}[code[i]]
+        vex_map = code[i + 1] & 0x1F if code[i] == 0xC4 and i + 1 < len(code) else None
         i += _VEX_LENGTH[code[i]]
         if i >= len(code):
             return "undecodable instruction"
         op = code[i]
+        if vex_map == 3 and op in _FMA4_OPCODES:
+            return "AMD FMA4 instruction, unknown to the kernel's decoder"
         return f"{kind} opcode {op:#04x}" if op in REFUSED_OPCODES else None
     if i >= len(code):
         return "undecodable instruction"
@@ -110,6 +156,8 @@ def refusal(raw: bytes) -> str | None:
     second = code[i + 1] if i + 1 < len(code) else None
     if op == 0x17 or (op == 0x8E and i + 1 < len(code) and (code[i + 1] >> 3) & 7 == 2):
         return "moves to %ss"
+    if op == 0x0F and second in (0x78, 0x79) and (0x66 in prefixes or 0xF2 in prefixes):
+        return "SSE4A extrq/insertq, unknown to the kernel's decoder"
     if op in REFUSED_OPCODES:  # int3 (cc) among them
         return f"opcode {op:#04x}"
     relative_branch = op in _RELATIVE_BRANCHES or (op == 0x0F and second is not None and 0x80 <= second <= 0x8F)
