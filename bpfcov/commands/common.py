@@ -12,6 +12,7 @@ import os
 import sys
 
 from bpfcov.errors import BpfcovError
+from bpfcov.probes.model import ProbeStatus
 from bpfcov.report.formats import DEFAULT_FORMATS, parse_formats
 
 
@@ -133,6 +134,9 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
                    f"({t.function_percent:.1f}%), {unhit:,} never executed ({t.dead_bytes:,} bytes)")
         if t.functions_unmeasured:
             summary += f", {t.functions_unmeasured:,} unmeasured"
+        moved = sum(f.probe is ProbeStatus.MOVED for o in run.objects for f in o.index.functions)
+        if moved:
+            summary += f", {moved:,} probed past an entry instruction uprobes refuse (moved)"
         if run.lines:
             summary += f"; {t.lines_hit:,} of {t.lines:,} lines ({t.line_percent:.1f}%)"
         if run.mode == "hit":
