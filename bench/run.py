@@ -90,7 +90,7 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
     """Attach and detach time of N probes on a synthesized many-function binary."""
     from bench.many_functions import write
     from bpfcov.engine.plan import plan_object
-    from bpfcov.engine.program import CounterProgram
+    from bpfcov.engine.program import CounterProgram, ProgramOptions
     from bpfcov.engine.tracer import Tracer
     from bpfcov.probes.index import index_object
     rows = []
@@ -103,10 +103,11 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
         index = index_object(str(binary), use_cache=False, quiet=True)
         cold = time.perf_counter() - start
         plan = plan_object(index, 0)
-        program = CounterProgram(plan.probe_count, hit_mode=True)
+        program = CounterProgram(plan.probe_count, ProgramOptions(hit_mode=True))
         tracer = Tracer(program)
         start = time.perf_counter()
-        tracer.add_object(index.path, plan.offsets, 0)
+        tracer.add_object(index.path, index.path, plan.offsets, 0)
+        tracer.attach(0, index.path)  # no process maps it: the registration alone
         attach = time.perf_counter() - start
         links = len(tracer.shards)
         start = time.perf_counter()
@@ -122,7 +123,7 @@ def per_hit_rows(calls: int, runs: int, tmp: Path) -> dict:
     """What one counted hit costs, against an empty BPF program on the same probes: a
     single-threaded loop calls `work` `calls` times under count mode."""
     from bpfcov.engine.plan import plan_object
-    from bpfcov.engine.program import CounterProgram
+    from bpfcov.engine.program import CounterProgram, ProgramOptions
     from bpfcov.engine.tracer import Tracer
     from bpfcov.probes.index import index_object
     binary = tmp / "threads"
@@ -135,14 +136,16 @@ def per_hit_rows(calls: int, runs: int, tmp: Path) -> dict:
         return time.perf_counter() - start
 
     samples: dict[str, list[float]] = {"untraced": [], "empty": [], "count": []}
-    programs = {"empty": CounterProgram(plan.probe_count, False, extra_cflags=("-DEMPTY_PROGRAM",)),
-                "count": CounterProgram(plan.probe_count, False)}
+    counting = ProgramOptions(hit_mode=False)
+    programs = {"empty": CounterProgram(plan.probe_count, counting, extra_cflags=("-DEMPTY_PROGRAM",)),
+                "count": CounterProgram(plan.probe_count, counting)}
     try:
         for _ in range(runs):
             samples["untraced"].append(timed())
             for name, program in programs.items():
                 tracer = Tracer(program)
-                tracer.add_object(str(binary), plan.offsets, 0)
+                tracer.add_object("threads", str(binary), plan.offsets, 0)
+                tracer.attach(0, "threads")  # every process: the timed one is started later
                 samples[name].append(timed())
                 tracer.close()
     finally:
@@ -152,6 +155,84 @@ def per_hit_rows(calls: int, runs: int, tmp: Path) -> dict:
     per_hit = {name: (statistics.median(samples[name]) - base) / calls * 1e6 for name in ("empty", "count")}
     return {"calls": calls, "runs": runs, "empty_us": per_hit["empty"], "count_us": per_hit["count"],
             "added_percent": 100.0 * (per_hit["count"] - per_hit["empty"]) / per_hit["empty"]}
+
+
+def _trace_in_background(args: list[str], out: Path) -> subprocess.Popen:
+    """Start `bpfcov run ARGS` and return once it traces its command."""
+    tracer = subprocess.Popen(BPFCOV + ["run", "-o", str(out), "--format", "json", *args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in tracer.stderr:
+        if "Tracing" in line:
+            time.sleep(0.5)  # the command's exec and its links
+            return tracer
+    raise SystemExit(f"bench: {' '.join(args)} did not start tracing")
+
+
+def _stop(tracer: subprocess.Popen) -> None:
+    tracer.send_signal(2)
+    tracer.stderr.read()
+    tracer.wait(timeout=120)
+
+
+def outside_rows(n: int, runs: int, tmp: Path) -> dict:
+    """A process outside the trace, while a trace is active: does it pay for the probes?
+
+    same binary: the sqlite workload, while `bpfcov run --mode count` traces another run of
+    that same binary (stopped by SIGSTOP once its links are in place, so it takes no CPU).
+    libc code: `sort` on 300,000 lines, while `bpfcov run --libs --mode count` traces a
+    `sleep` (libc probed in it). Each against runs with no trace at all, interleaved."""
+    lines = tmp / "lines.txt"
+    lines.write_text("".join(f"{(i * 7919) % 100003:06d} line\n" for i in range(300_000)))
+
+    def workload() -> float:
+        result = subprocess.run([str(WORKLOAD), str(n)], capture_output=True, text=True, check=True)
+        return seconds_of(result.stderr)
+
+    def sort() -> float:
+        start = time.perf_counter()
+        subprocess.run(["sort", "-o", str(tmp / "sorted.txt"), str(lines)], check=True, env={"LC_ALL": "C.UTF-8"})
+        return time.perf_counter() - start
+
+    cases = {"same binary": (workload, ["--mode", "count", "--", str(WORKLOAD), "1000000000"], True),
+             "libc code": (sort, ["--mode", "count", "--libs", "--", "sleep", "3600"], False)}
+    rows = {}
+    for case, (measure, trace_args, stop_target) in cases.items():
+        plain, traced = [], []
+        for _ in range(runs):
+            plain.append(measure())
+            tracer = _trace_in_background(trace_args, tmp / "outside-out")
+            if stop_target:
+                subprocess.run(["pkill", "-STOP", "-P", str(tracer.pid)], check=False)
+            try:
+                traced.append(measure())
+            finally:
+                if stop_target:
+                    subprocess.run(["pkill", "-CONT", "-P", str(tracer.pid)], check=False)
+                _stop(tracer)
+        rows[case] = {"untraced": summarize(plain), "traced": summarize(traced),
+                      "ratio": statistics.median(traced) / statistics.median(plain)}
+    return rows
+
+
+def pytest_row(runs: int, tmp: Path) -> dict:
+    """`bpfcov run --lines --libs -- python -m pytest` on a small suite, against pytest alone."""
+    suite = tmp / "suite"
+    suite.mkdir(exist_ok=True)
+    (suite / "test_small.py").write_text(
+        "import json, re\n"
+        "def test_json(): assert json.loads(json.dumps({'a': [1, 2]})) == {'a': [1, 2]}\n"
+        "def test_re(): assert re.sub(r'\\d+', '#', 'a1b22') == 'a#b#'\n")
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_small.py"]
+    samples: dict[str, list[float]] = {"pytest": [], "bpfcov": []}
+    for _ in range(runs):
+        for name, cmd in (("pytest", pytest), ("bpfcov", BPFCOV + ["run", "-q", "--lines", "--libs", "-o",
+                                                                      str(tmp / "pytest-out"), "--", *pytest])):
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=suite, check=True, capture_output=True)
+            samples[name].append(time.perf_counter() - start)
+    from bpfcov.data import store
+    stats = store.read(str(tmp / "pytest-out" / "bpfcov.db")).stats
+    return {"pytest": summarize(samples["pytest"]), "bpfcov": summarize(samples["bpfcov"]), "probes": stats["probes"]}
 
 
 def index_rows(tmp: Path) -> list[dict]:
@@ -288,6 +369,20 @@ def markdown(results: dict) -> str:
     for r in results["attach"]:
         lines.append(f"| {r['probes']:,} | {r['links']} | {fmt(r['attach_seconds'], 3)} | {fmt(r['detach_seconds'], 3)} | "
                      f"{fmt(r['index_seconds'], 2)} |")
+    lines += ["", "## Processes outside the trace", "",
+              "A process that is not traced, run while a trace is active, against runs with no trace (links carry "
+              "the traced process's pid, so no other process gets a breakpoint):", "",
+              "| case | untraced s (median, min–max) | during a trace s | ratio |", "| --- | --- | --- | --- |"]
+    for case, r in results["outside"].items():
+        u, t = r["untraced"], r["traced"]
+        lines.append(f"| {case} | {fmt(u['median'], 3)} ({fmt(u['min'], 3)}–{fmt(u['max'], 3)}) | "
+                     f"{fmt(t['median'], 3)} ({fmt(t['min'], 3)}–{fmt(t['max'], 3)}) | {fmt(r['ratio'])}× |")
+    py = results["pytest"]
+    lines += ["", "## A test runner with --lines --libs", "",
+              f"`python -m pytest` on two tests, alone: {fmt(py['pytest']['median'])} s "
+              f"({fmt(py['pytest']['min'])}–{fmt(py['pytest']['max'])}); under `bpfcov run --lines --libs` "
+              f"({py['probes']:,} probes in the interpreter and its libraries): {fmt(py['bpfcov']['median'])} s "
+              f"({fmt(py['bpfcov']['min'])}–{fmt(py['bpfcov']['max'])}), wall time, reports included."]
     lines += ["", "## Indexing", "", "| object | with lines | functions | line probes | DWARF | cold s | cached s |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["index"]:
@@ -334,6 +429,10 @@ def main() -> None:
         results["per_hit"] = per_hit_rows(20_000 if args.quick else 1_000_000, runs, tmp)
         print("bench: attach and detach", file=sys.stderr)
         results["attach"] = attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000], tmp)
+        print("bench: processes outside a trace", file=sys.stderr)
+        results["outside"] = outside_rows(2000 if args.quick else 200_000, runs, tmp)
+        print("bench: a test runner with --lines --libs", file=sys.stderr)
+        results["pytest"] = pytest_row(1 if args.quick else 3, tmp)
         print("bench: indexing", file=sys.stderr)
         results["index"] = index_rows(tmp)
         print("bench: reports", file=sys.stderr)
