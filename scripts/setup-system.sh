@@ -10,7 +10,7 @@ modules=/lib/modules/$kernel
 # checks, compilers for the sample targets, and the oracles the tests compare against
 # (valgrind, lcov/genhtml, gdb, and chromium to render the HTML report); python3.11-dbg is
 # a large binary with full DWARF (the interpreter built with debug info) for tests at scale.
-packages=(python3-bpfcc bpfcc-tools python3-venv bpftool gcc g++ make binutils
+packages=(python3-bpfcc bpfcc-tools python3-venv python3-dev bpftool gcc g++ make binutils
           valgrind lcov gdb chromium python3.11-dbg)
 
 # A Rust compiler for the Rust sample target: the machine's own if it has one.

@@ -260,3 +260,14 @@ def test_run_covers_a_library_opened_in_another_mount_namespace(bpf, tmp_path):
     assert _subset(function_counts(report, "plugin.so"), expected) == expected
     assert "/mnt/plugin.so" in [o["path"] for o in report["objects"]]
 
+
+
+def test_tracefs_is_mounted_when_missing(bpf, tmp_path):
+    """A fresh machine may not mount tracefs; bcc needs it for the fork and exec tracepoints."""
+    out = tmp_path / "out"
+    script = (f"umount /sys/kernel/tracing 2>/dev/null; test ! -d /sys/kernel/tracing/events && "
+              f"{sys.executable} -m bpfcov run -q -o {out} --mode count -- {target('O0', 'forker')} 2")
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert function_counts(coverage_json(out))["worker_task"] == 2
