@@ -13,7 +13,7 @@ import sys
 
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.model import ProbeStatus
-from bpfcov.report.formats import DEFAULT_FORMATS, parse_formats
+from bpfcov.report.formats import DEFAULT_FORMATS, formats_help, parse_formats
 
 
 class Command:
@@ -61,8 +61,8 @@ def add_report_options(parser: argparse.ArgumentParser, with_output: bool = True
         group.add_argument("-o", "--output", metavar="OUT", default="bpfcov-out",
                            help="folder for bpfcov.db and the reports (default: ./bpfcov-out)")
     group.add_argument("--format", default=",".join(DEFAULT_FORMATS),
-                       help="reports to write, comma-separated: lcov, html, json, cobertura "
-                            "(default: lcov,html,json)")
+                       help=f"reports to write, comma-separated (default: {','.join(DEFAULT_FORMATS)}): "
+                            f"{formats_help()}")
     group.add_argument("--lcov-format", type=int, choices=(1, 2), default=1,
                        help="2 adds function end lines to FN records (lcov 2.x reads them; 1.16 does not)")
     group.add_argument("--path-map", type=path_map, action="append", default=[], metavar="OLD=NEW",

@@ -1,7 +1,7 @@
 """The one place that writes report files, whatever the format.
 
-Each format is a module with `write(report, out, sources)` for one stream (lcov, JSON,
-Cobertura) or a folder (HTML). This module owns the files: it creates the output folder,
+Each format is a Reporter (report/formats/) that writes one stream (lcov, JSON, Cobertura)
+or a folder (HTML). This module owns the files: it creates the output folder,
 writes each file under a temporary name and renames it into place (a reader never sees
 half a report; a failure leaves the previous one), and says what it wrote.
 """
@@ -13,10 +13,11 @@ import shutil
 import tempfile
 
 from bpfcov.errors import BpfcovError
-from bpfcov.report import cobertura, html, jsonreport, lcov
-from bpfcov.report.formats import FILE_NAMES
+from bpfcov.report.formats import REPORTERS
 from bpfcov.report.model import Report
+from bpfcov.report.reporter import WriteContext
 from bpfcov.report.sources import SourceReader
+
 
 def _write_file(path: str, render) -> None:
     directory = os.path.dirname(path)
@@ -55,22 +56,20 @@ def _write_folder(path: str, render) -> None:
 def write_reports(report: Report, out_dir: str, formats: list[str], source_root: str | None = None,
                   lcov_format: int = 1) -> list[str]:
     """Write each requested format into `out_dir`; return the paths written."""
-    sources = SourceReader(source_root)
+    context = WriteContext(SourceReader(source_root), lcov_format)
     written = []
     try:
         os.makedirs(out_dir, exist_ok=True)
-        for fmt in formats:
-            path = os.path.join(out_dir, FILE_NAMES[fmt])
-            if fmt == "lcov":
-                _write_file(path, lambda out: lcov.write(report, out, sources, lcov_format))
-            elif fmt == "json":
-                _write_file(path, lambda out: jsonreport.write(report, out))
-            elif fmt == "cobertura":
-                _write_file(path, lambda out: cobertura.write(report, out))
-            elif fmt == "html":
-                _write_folder(path, lambda folder: html.write(report, folder, sources))
-                path = os.path.join(path, "index.html")
-            written.append(path)
+        for name in formats:
+            reporter = REPORTERS[name]
+            path = os.path.join(out_dir, reporter.file_name)
+            if reporter.folder:
+                _write_folder(path, lambda folder: reporter.write(report, folder, context))
+                index = os.path.join(path, "index.html")
+                written.append(index if os.path.exists(index) else path)
+            else:
+                _write_file(path, lambda out: reporter.write(report, out, context))
+                written.append(path)
     except OSError as e:
         raise BpfcovError(f"cannot write reports to {out_dir}: {e.strerror or e}") from None
     return written

@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 
-import jinja2
-
 from bpfcov.report.model import FunctionRow, Report, SourceFile
+from bpfcov.report.reporter import Reporter, WriteContext
 from bpfcov.report.sources import SourceReader
 from bpfcov.report.treemap import layout
 
@@ -118,7 +117,8 @@ def pages(report: Report, sources: SourceReader):
     return index, file_pages
 
 
-def environment() -> jinja2.Environment:
+def environment():
+    import jinja2  # here: the command line lists the formats without loading jinja2
     folder = resources.files("bpfcov.templates")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -139,3 +139,14 @@ def write(report: Report, out_dir: str, sources: SourceReader) -> str:
         with open(os.path.join(out_dir, page.filename), "w", encoding="utf-8") as f:
             f.write(template.render(page=page, report=report))
     return os.path.join(out_dir, "index.html")
+
+
+class HtmlReporter(Reporter):
+    name = "html"
+    file_name = "html"
+    help = "never-executed functions ranked by size, a treemap, and source pages"
+    folder = True
+    default = True
+
+    def write(self, report: Report, out, context: WriteContext) -> None:
+        write(report, out, context.sources)

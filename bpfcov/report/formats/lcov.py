@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from bpfcov.report.model import Report
+from bpfcov.report.reporter import Reporter, WriteContext
 from bpfcov.report.sources import SourceReader
 
 _UNSAFE = re.compile(r"[\x00-\x20,\x7f]")
@@ -55,3 +56,13 @@ def write(report: Report, out, sources: SourceReader, format_version: int = 1) -
         out.write(f"LF:{len(lines)}\n")
         out.write(f"LH:{sum(1 for c in lines.values() if c > 0)}\n")
         out.write("end_of_record\n")
+
+
+class LcovReporter(Reporter):
+    name = "lcov"
+    file_name = "coverage.info"
+    help = "lcov tracefile for genhtml, Codecov, Coveralls, diff-cover"
+    default = True
+
+    def write(self, report: Report, out, context: WriteContext) -> None:
+        write(report, out, context.sources, context.lcov_format)

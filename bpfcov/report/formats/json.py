@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from bpfcov.report.model import Report
+from bpfcov.report.reporter import Reporter, WriteContext
 
 VERSION = 1
 
@@ -44,8 +45,18 @@ def as_dict(report: Report) -> dict:
     }
 
 
-def write(report: Report, out, sources=None) -> None:
+def write(report: Report, out) -> None:
     # Compact: json's C encoder serves only calls without indent, and is ten times faster
     # on large objects; `python -m json.tool` pretty-prints it for people.
     out.write(json.dumps(as_dict(report), separators=(",", ":")))
     out.write("\n")
+
+
+class JsonReporter(Reporter):
+    name = "json"
+    file_name = "coverage.json"
+    help = "every function and line with its count, for scripts (a stable contract)"
+    default = True
+
+    def write(self, report: Report, out, context: WriteContext) -> None:
+        write(report, out)

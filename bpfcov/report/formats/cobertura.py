@@ -12,6 +12,7 @@ import time
 from xml.sax.saxutils import quoteattr as _quoteattr
 
 from bpfcov.report.model import Report
+from bpfcov.report.reporter import Reporter, WriteContext
 
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
@@ -26,7 +27,7 @@ def _rate(hit: int, total: int) -> str:
     return f"{hit / total:.4f}" if total else "1.0000"
 
 
-def write(report: Report, out, sources=None) -> None:
+def write(report: Report, out) -> None:
     t = report.totals
     out.write('<?xml version="1.0" ?>\n')
     out.write('<!DOCTYPE coverage SYSTEM "http://cobertura.sourceforge.net/xml/coverage-04.dtd">\n')
@@ -60,3 +61,12 @@ def write(report: Report, out, sources=None) -> None:
             out.write("          </lines>\n        </class>\n")
         out.write("      </classes>\n    </package>\n")
     out.write("  </packages>\n</coverage>\n")
+
+
+class CoberturaReporter(Reporter):
+    name = "cobertura"
+    file_name = "coverage.xml"
+    help = "Cobertura XML for GitLab and Jenkins"
+
+    def write(self, report: Report, out, context: WriteContext) -> None:
+        write(report, out)
