@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 
 from bpfcov import __version__
@@ -26,6 +27,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"bpfcov: error: {message} (see {self.prog} --help)\n")
 
 
+def _given(parser: argparse.ArgumentParser, argv: list[str], dest: str) -> bool:
+    """Whether an option with destination `dest` appears on the command line (before --)."""
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    flags = {flag for action in parser._actions if action.dest == dest for flag in action.option_strings}
+    return any(word in flags or word.split("=", 1)[0] in flags for word in words)
+
+
+def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Fill in the options the command line left out from the folder's configuration file."""
+    from bpfcov import config
+    for dest, value in config.read(os.getcwd()).items():
+        if hasattr(args, dest) and not _given(parser, argv, dest):
+            setattr(args, dest, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bpfcov", description="Code coverage of native ELF programs with eBPF uprobes, "
                                                 "without recompiling.")
@@ -39,28 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.prepare_parser(p)
-        p.set_defaults(handler=command)
+        p.set_defaults(handler=command, subparser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "subcommand", None):
         parser.print_help(sys.stderr)
         return 2
-    try:
-        return _run(args)
-    finally:
-        # Links may still be closing in the background (engine/session.py): bpfcov never
-        # exits with any attached.
-        session = sys.modules.get("bpfcov.engine.session")
-        if session is not None:
-            session.wait_for_release()
+    return _run(args, argv)
 
 
-def _run(args) -> int:
+def _run(args, argv: list[str]) -> int:
     try:
+        apply_config(args, args.subparser, argv)
         return args.handler.run(args)
     except BpfcovError as e:
         if args.debug:

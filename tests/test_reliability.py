@@ -99,14 +99,13 @@ def test_full_disk_gives_a_clear_error_and_leaves_nothing_attached(bpf, tmp_path
 
 
 def test_hundred_runs_leave_no_links_programs_maps_or_fds(bpf, tmp_path):
-    from bpfcov.engine.session import TraceOptions, wait_for_release
+    from bpfcov.engine.session import TraceOptions
     from bpfcov.engine.targets import trace_command
     before = bpf_objects()
     fds = len(os.listdir("/proc/self/fd"))
     for i in range(100):
-        run, ending = trace_command([target("O0", "shapes"), "fact", "3"], TraceOptions(quiet=True), [], False)
-        assert ending.exit_status == 0 and run.objects[0].function_counts.max() >= 1
-        wait_for_release()
+        traced = trace_command([target("O0", "shapes"), "fact", "3"], TraceOptions(quiet=True), [], False)
+        assert traced.ending.exit_status == 0 and traced.coverage.objects[0].function_counts.max() >= 1
     # The kernel frees a program (and then its maps) after an RCU grace period, not at
     # the close of its last fd: give it a moment.
     deadline = time.time() + 10

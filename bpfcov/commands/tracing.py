@@ -97,15 +97,15 @@ class RunCommand(Command):
             raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
         data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_command
-        run, ending = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
-                                    args.interval, _snapshot_writer(data_file), builder)
-        status = write_all(run, args, data_file, args.quiet) if run is not None else 1
+        traced = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
+                               args.interval, _snapshot_writer(data_file), builder,
+                               after=lambda run: write_all(run, args, data_file, args.quiet))
+        status = traced.after if traced.coverage is not None else 1
+        ending = traced.ending
         if ending.signal is not None:
             if not args.quiet:
                 print(f"bpfcov: {args.command[0]} was killed by signal {ending.signal}", file=sys.stderr)
-            # Pass the signal on exactly, as a shell would see it.
-            from bpfcov.engine.session import wait_for_release
-            wait_for_release()  # detach before dying of the signal
+            # Pass the signal on exactly, as a shell would see it (everything is detached by now).
             if ending.signal not in (signal.SIGKILL, signal.SIGSTOP):  # these cannot be handled anyway
                 signal.signal(ending.signal, signal.SIG_DFL)
             os.kill(os.getpid(), ending.signal)
@@ -133,11 +133,12 @@ class AttachCommand(Command):
     def run(self, args) -> int:
         data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_pid
-        run = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration, args.interval,
-                        _snapshot_writer(data_file), builder)
-        if run is None:
+        traced = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration, args.interval,
+                           _snapshot_writer(data_file), builder, after=lambda run: write_all(run, args, data_file,
+                                                                                             args.quiet))
+        if traced.coverage is None:
             raise BpfcovError("tracing did not start")
-        return write_all(run, args, data_file, args.quiet)
+        return traced.after
 
 
 class WatchCommand(Command):
@@ -157,8 +158,9 @@ class WatchCommand(Command):
     def run(self, args) -> int:
         data_file, builder = _prepare(args)
         from bpfcov.engine.targets import trace_paths
-        run = trace_paths(list(args.paths) + list(args.object), _options(args, False), args.duration,
-                          args.interval, _snapshot_writer(data_file), builder)
-        if run is None:
+        traced = trace_paths(list(args.paths) + list(args.object), _options(args, False), args.duration,
+                             args.interval, _snapshot_writer(data_file), builder,
+                             after=lambda run: write_all(run, args, data_file, args.quiet))
+        if traced.coverage is None:
             raise BpfcovError("tracing did not start")
-        return write_all(run, args, data_file, args.quiet)
+        return traced.after

@@ -4,14 +4,16 @@ links, collect.
 The three ways of choosing what is traced differ only in how the session starts and
 when it ends (see targets.py); everything here is shared by them:
 
-    session = Session(options, command, program_options)
-    session.add_object(path)      # objects known ahead (the command, --object, its libraries)
-    session.start()
-    session.cover_process(pid)    # links for one process; its children are caught in BPF
-    session.announce()
-    ... session.service() ...     # in the wait loop: stopped processes, exited ones
-    ... session.snapshot() ...    # periodic, for --interval
-    run = session.finish()        # detaches everything; always call, even on error
+    with Session(options, command, program_options) as session:
+        session.add_object(path)      # objects known ahead (the command, --object, its libraries)
+        session.start()
+        session.cover_process(pid)    # links for one process; its children are caught in BPF
+        session.announce()
+        ... session.service() ...     # in the wait loop: stopped processes, exited ones
+        ... session.snapshot() ...    # periodic, for --interval
+        run = session.finish()        # stops tracing; links close in the background
+        ... write reports ...
+    # here every link, the program and its maps are gone, whatever happened
 
 An object is known by its file (device and inode), not by its path: a process in another
 mount namespace names the same file differently, and a path may be replaced while the run
@@ -169,6 +171,18 @@ class Session:
         self.ended: float | None = None
         self.warnings: list[str] = []
         self._probes_left: int | None = None  # probes still attached when tracing stopped
+        self._finished = False
+        self._release: threading.Thread | None = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Finish if not yet done, and wait until every kernel object is released."""
+        if not self._finished:
+            self.finish()
+        if self._release is not None:
+            self._release.join()
 
     # -- objects -----------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -463,7 +477,9 @@ class Session:
     def finish(self) -> RunCoverage | None:
         """Stop tracing and return the final counts. The links close in the background
         (each waits out a grace period; hundreds of them take a while) while the caller
-        writes its reports; wait_for_release() waits until every kernel object is gone."""
+        writes its reports; leaving the `with` block waits until every kernel object is
+        gone."""
+        self._finished = True
         self.ended = time.time()
         counts = None
         try:
@@ -482,10 +498,9 @@ class Session:
             self._builder.discard()
             if self.program is not None:
                 counts = self.program.snapshot()
-                release = threading.Thread(target=self._release, name="bpfcov-release",
-                                           args=(self.tracer, self.program, self._open_files()))
-                release.start()
-                _releases.append(release)
+                self._release = threading.Thread(target=self._close_all, name="bpfcov-release",
+                                                 args=(self.tracer, self.program, self._open_files()))
+                self._release.start()
             else:
                 self._close_files(self._open_files())
         if counts is None:
@@ -504,7 +519,7 @@ class Session:
                 pass
 
     @classmethod
-    def _release(cls, tracer: Tracer | None, program: CounterProgram, files: list[int]) -> None:
+    def _close_all(cls, tracer: Tracer | None, program: CounterProgram, files: list[int]) -> None:
         try:
             if tracer is not None:
                 tracer.wait_closed()
@@ -512,12 +527,3 @@ class Session:
             program.close()
             cls._close_files(files)  # after the links: the kernel opened them by these
 
-
-# Sessions whose links are still closing (see Session.finish).
-_releases: list[threading.Thread] = []
-
-
-def wait_for_release() -> None:
-    """Return when every finished session has released its links, program and maps."""
-    while _releases:
-        _releases.pop().join()

@@ -10,9 +10,9 @@
 Links carry the pid of each traced process, so no other process on the host traps on a
 probe of bpfcov's; only `watch` puts its probes into every process, by design.
 
-Each returns the session's final coverage; the caller writes it. Whatever happens, the
-session is finished before these return or raise: tracing has stopped and its links are
-closing (Session.finish; wait_for_release waits for them).
+Each returns the session's final coverage, and what `after(coverage)` returned: the
+caller's work (writing reports) that runs while the links close. Whatever happens, every
+kernel object is released before these return or raise.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from bpfcov.data.model import RunCoverage
 from bpfcov.engine.cgroup import RunCgroup
@@ -44,6 +44,13 @@ class Ending:
 
     exit_status: int | None = None  # its exit status, when it exited
     signal: int | None = None       # the signal that killed it, when one did
+
+
+@dataclass
+class Traced:
+    coverage: RunCoverage | None  # None when tracing never started
+    ending: Ending | None = None  # for `run`
+    after: Any = None             # what `after(coverage)` returned
 
 
 class Stopper:
@@ -120,7 +127,7 @@ def resolve_command(command: list[str]) -> str:
 
 def trace_command(command: list[str], options: TraceOptions, objects: list[str], libs: bool,
                   duration: float | None = None, interval: float | None = None,
-                  on_snapshot=None, builder=None) -> tuple[RunCoverage | None, Ending]:
+                  on_snapshot=None, builder=None, after=None) -> Traced:
     executable = resolve_command(command)
     with open(executable, "rb") as f:
         is_elf = f.read(4) == b"\x7fELF"
@@ -131,8 +138,6 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
         _check_elf(path)
     options.spare_slots = spare_slots(options.lines, libs)
     cgroup = RunCgroup()
-    session = Session(options, command, program_options("run", options.mode, libs, objects), libs=libs,
-                      cgroup_id=cgroup.id, builder=builder)
     ending = Ending()
     proc = None
 
@@ -151,44 +156,49 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
         with open(procs_file, "w") as f:
             f.write(str(os.getpid()))
 
-    try:
-        with Stopper(session.wake, forward) as stopper:
-            if is_elf:
-                # With --object or --libs, the command may be a mere launcher (a stripped tool).
-                session.add_object(executable, required=not (objects or libs))
-            for path in objects:
-                session.add_object(path)
-            if libs and is_elf:
-                # Indexed now, so that attaching when the command maps them is quick.
-                for path in linked_libraries(executable):
-                    session.add_object(path, required=False)
-            session.start()
-            session.announce()  # the command's links are made at its exec, before it runs
-            if not stopper.stop_requested:  # else interrupted before the command started
-                try:
-                    # The command stops at its exec (counter.c), where it is given its links.
-                    proc = subprocess.Popen(command, executable=executable if is_elf else None,
-                                            preexec_fn=enter_cgroup)
-                except OSError as e:
-                    raise BpfcovError(f"cannot start {command[0]}: {e.strerror}") from None
-                _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot)
-        code = proc.poll() if proc is not None else None
-        if code is not None:
-            if code < 0:
-                ending.signal = -code
-            else:
-                ending.exit_status = code
-    finally:
-        run = session.finish()
-        cgroup.remove()
-    return run, ending
+    with Session(options, command, program_options("run", options.mode, libs, objects), libs=libs,
+                 cgroup_id=cgroup.id, builder=builder) as session:
+        try:
+            with Stopper(session.wake, forward) as stopper:
+                if is_elf:
+                    # With --object or --libs, the command may be a mere launcher (a stripped tool).
+                    session.add_object(executable, required=not (objects or libs))
+                for path in objects:
+                    session.add_object(path)
+                if libs and is_elf:
+                    # Indexed now, so that attaching when the command maps them is quick.
+                    for path in linked_libraries(executable):
+                        session.add_object(path, required=False)
+                session.start()
+                session.announce()  # the command's links are made at its exec, before it runs
+                if not stopper.stop_requested:  # else interrupted before the command started
+                    try:
+                        # The command stops at its exec (counter.c), where it is given its links.
+                        proc = subprocess.Popen(command, executable=executable if is_elf else None,
+                                                preexec_fn=enter_cgroup)
+                    except OSError as e:
+                        raise BpfcovError(f"cannot start {command[0]}: {e.strerror}") from None
+                    _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot)
+            code = proc.poll() if proc is not None else None
+            if code is not None:
+                if code < 0:
+                    ending.signal = -code
+                else:
+                    ending.exit_status = code
+        finally:
+            cgroup.remove()
+            run = session.finish()
+        return Traced(run, ending, _after(run, after))
 
 
+def _after(run: RunCoverage | None, after: Callable[[RunCoverage], Any] | None) -> Any:
+    """The caller's work on the coverage (reports), done while the links close."""
+    return after(run) if after is not None and run is not None else None
 
 
 def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
               duration: float | None = None, interval: float | None = None,
-              on_snapshot=None, builder=None) -> RunCoverage | None:
+              on_snapshot=None, builder=None, after=None) -> Traced:
     if pid <= 0 or not process_exists(pid):
         raise BpfcovError(f"no process with pid {pid}")
     executable = executable_of(pid)  # as the process sees it, in its own mount namespace
@@ -199,45 +209,44 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise BpfcovError(f"process {pid} exited before bpfcov could attach") from None
-    session = Session(options, [f"pid {pid}", executable], program_options("attach", options.mode, libs, objects),
-                      libs=libs, builder=builder)
 
     def alive() -> bool:
         return not select.select([pidfd], [], [], 0)[0]
 
-    try:
-        with Stopper(session.wake) as stopper:
-            # /proc/PID/exe opens the very file, from any mount namespace.
-            session.add_object(f"/proc/{pid}/exe", required=not libs, name=executable)
-            for path in objects:
-                session.add_object(path)
-            session.start()
-            if not session.cover_process(pid):
-                raise BpfcovError(f"process {pid} exited during attach")
-            session.announce()
-            _wait_loop(session, stopper, alive, duration, interval, on_snapshot)
-    finally:
-        os.close(pidfd)
-        run = session.finish()
-    return run
+    with Session(options, [f"pid {pid}", executable], program_options("attach", options.mode, libs, objects),
+                 libs=libs, builder=builder) as session:
+        try:
+            with Stopper(session.wake) as stopper:
+                # /proc/PID/exe opens the very file, from any mount namespace.
+                session.add_object(f"/proc/{pid}/exe", required=not libs, name=executable)
+                for path in objects:
+                    session.add_object(path)
+                session.start()
+                if not session.cover_process(pid):
+                    raise BpfcovError(f"process {pid} exited during attach")
+                session.announce()
+                _wait_loop(session, stopper, alive, duration, interval, on_snapshot)
+        finally:
+            os.close(pidfd)
+            run = session.finish()
+        return Traced(run, None, _after(run, after))
 
 
 def trace_paths(paths: list[str], options: TraceOptions, duration: float | None = None,
-                interval: float | None = None, on_snapshot=None, builder=None) -> RunCoverage | None:
+                interval: float | None = None, on_snapshot=None, builder=None, after=None) -> Traced:
     if not paths:
         raise BpfcovError("watch needs at least one PATH to an ELF object")
     for path in paths:
         _check_elf(path)
-    session = Session(options, ["watch"] + [os.path.realpath(p) for p in paths], program_options("watch", options.mode),
-                      every_process=True, builder=builder)
-    try:
-        with Stopper(session.wake) as stopper:
-            for path in paths:
-                session.add_object(path)
-            session.start()
-            session.announce()
-            _wait_loop(session, stopper, lambda: True, duration, interval, on_snapshot)
-    finally:
-        run = session.finish()
-    return run
-
+    with Session(options, ["watch"] + [os.path.realpath(p) for p in paths], program_options("watch", options.mode),
+                 every_process=True, builder=builder) as session:
+        try:
+            with Stopper(session.wake) as stopper:
+                for path in paths:
+                    session.add_object(path)
+                session.start()
+                session.announce()
+                _wait_loop(session, stopper, lambda: True, duration, interval, on_snapshot)
+        finally:
+            run = session.finish()
+        return Traced(run, None, _after(run, after))
