@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.data.status import Mode, Status
 from bpfcov.errors import BpfcovError
 
 
@@ -24,7 +25,7 @@ def merge(runs: list[RunCoverage]) -> RunCoverage:
         raise BpfcovError("nothing to merge")
     lines = all(r.lines for r in runs)
     merged = RunCoverage(
-        mode="count" if all(r.mode == "count" for r in runs) else "hit",
+        mode=Mode.COUNT if all(r.mode == Mode.COUNT for r in runs) else Mode.HIT,
         command=[word for r in runs for word in (r.command if len(runs) == 1 else ["[", *r.command, "]"])],
         started=min(r.started for r in runs),
         ended=max((r.ended for r in runs if r.ended is not None), default=None),
@@ -77,7 +78,7 @@ def diff(old: RunCoverage, new: RunCoverage) -> Diff:
         for obj in run.objects:
             key = object_key(obj)
             for i, f in enumerate(obj.index.functions):
-                if obj.function_status(i) == "hit":
+                if obj.function_status(i) is Status.HIT:
                     out[(key, f.name)] = Change(obj.index.path, f.name, f.display_name)
         return out
 

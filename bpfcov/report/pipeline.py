@@ -4,9 +4,10 @@ order, with which counts. Every output format starts from `build_report`.
 Rules applied here, for every format alike:
 - Paths are rewritten by --path-map OLD=NEW (first matching prefix) and then made relative
   to --relative-to.
-- A function is hit exactly when a measured line inside it is hit (lcov 2.x checks this):
-  without --lines a function's measured line is its first line; with --lines, its first
-  line is counted as hit whenever the function was.
+- Whether a function ran is data/model.py's one rule; and a function is hit exactly when a
+  measured line inside it is hit (lcov 2.x checks this): without --lines a function's
+  measured line is its first line; with --lines, its first line is counted as hit whenever
+  the function was.
 """
 
 from __future__ import annotations
@@ -58,25 +59,17 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
     for oi, obj in enumerate(run.objects):
         index = obj.index
         rows: list[FunctionRow] = []
-        lines_by_function: dict[int, list[tuple[int, int]]] = {}
         line_rows: dict[tuple[str, int], int] = {}
         if run.lines and index.lines is not None and obj.line_counts is not None:
             t = index.lines
-            for fidx, line, func, count in zip(t.file.tolist(), t.line.tolist(), t.function.tolist(),
-                                               obj.line_counts.tolist()):
-                lines_by_function.setdefault(func, []).append((line, count))
+            for fidx, line, count in zip(t.file.tolist(), t.line.tolist(), obj.line_counts.tolist()):
                 path = rewrite_path(t.files[fidx], options)
                 key = (path, line)
                 # A line with several addresses ran as often as its busiest address.
                 line_rows[key] = max(line_rows.get(key, 0), count)
         for fi, f in enumerate(index.functions):
-            count = int(obj.function_counts[fi])
+            count = obj.function_count(fi)  # the one rule for "executed": data/model.py
             status = obj.function_status(fi)
-            if status == "unhit" and any(c > 0 for _, c in lines_by_function.get(fi, ())):
-                # A line inside it ran, so the function did (its entry may have been probed
-                # late, e.g. in hit mode); never call it dead.
-                status = "hit"
-                count = max(c for _, c in lines_by_function[fi])
             row = FunctionRow(
                 object_path=index.path, name=f.name, display_name=f.display_name, address=f.address,
                 size=f.size, file=rewrite_path(f.file, options), line=f.line, end_line=f.end_line,
