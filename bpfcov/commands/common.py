@@ -12,7 +12,6 @@ import os
 import sys
 
 from bpfcov.errors import BpfcovError
-from bpfcov.probes.model import ProbeStatus
 from bpfcov.report.formats import DEFAULT_FORMATS, formats_help, parse_formats
 
 
@@ -113,20 +112,16 @@ def check_output_dir(path: str) -> None:
 
 def write_all(run, args, data_file: str | None, quiet: bool) -> int:
     """Write the data file (if asked) and the reports; print the summary; apply --fail-under."""
-    from bpfcov.data import store
-    from bpfcov.report.pipeline import ReportOptions, build_report
+    from bpfcov.api import Coverage
+    from bpfcov.probes.model import ProbeStatus
     from bpfcov.report.writers import write_reports
 
-    out = args.output
-    formats = parse_formats(args.format)
+    coverage = Coverage(run)
     if data_file:
-        try:
-            store.write(data_file, run)
-        except OSError as e:
-            raise BpfcovError(f"cannot write {data_file}: {e.strerror}") from None
-    report = build_report(run, ReportOptions(path_maps=list(args.path_map), relative_to=args.relative_to,
-                                             include=args.include, exclude=args.exclude))
-    written = write_reports(report, out, formats, args.source_root, args.lcov_format)
+        coverage.save(data_file)
+    report = coverage.report(path_map=args.path_map, relative_to=args.relative_to, include=args.include,
+                             exclude=args.exclude)
+    written = write_reports(report, args.output, parse_formats(args.format), args.source_root, args.lcov_format)
     t = report.totals
     if not quiet:
         unhit = t.functions_measured - t.functions_hit

@@ -9,6 +9,15 @@ import sys
 from bpfcov.commands.common import Command, add_report_options, check_output_dir, validate_formats, write_all
 
 
+def _merged(coverages, always: bool = False):
+    """One coverage summing all of them (one alone is taken as it is, unless `always`)."""
+    from bpfcov.api import Coverage
+    from bpfcov.data.merge import merge
+    if len(coverages) == 1 and not always:
+        return coverages[0]
+    return Coverage(merge([c.data for c in coverages]))
+
+
 class ReportCommand(Command):
     """Write reports again from one or more data files (several are merged first).
 
@@ -26,13 +35,11 @@ class ReportCommand(Command):
         add_report_options(parser)
 
     def run(self, args) -> int:
-        from bpfcov.data import store
-        from bpfcov.data.merge import merge
+        import bpfcov
         validate_formats(args)
-        runs = [store.read(p) for p in args.data]
+        coverages = [bpfcov.load(p) for p in args.data]
         check_output_dir(args.output)
-        run = runs[0] if len(runs) == 1 else merge(runs)
-        return write_all(run, args, None, False)
+        return write_all(_merged(coverages).data, args, None, False)
 
 
 class MergeCommand(Command):
@@ -48,13 +55,11 @@ class MergeCommand(Command):
         parser.add_argument("-o", "--output", required=True, metavar="MERGED.db", help="the data file to write")
 
     def run(self, args) -> int:
-        from bpfcov.data import store
-        from bpfcov.data.merge import merge
-        runs = [store.read(p) for p in args.data]
+        import bpfcov
+        coverages = [bpfcov.load(p) for p in args.data]
         check_output_dir(os.path.dirname(os.path.abspath(args.output)))
-        merged = merge(runs)
-        store.write(args.output, merged)
-        print(f"bpfcov: merged {len(runs)} data files into {args.output}", file=sys.stderr)
+        _merged(coverages, always=True).save(args.output)
+        print(f"bpfcov: merged {len(coverages)} data files into {args.output}", file=sys.stderr)
         return 0
 
 
