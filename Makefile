@@ -1,12 +1,13 @@
 # Everything a fresh Debian 12 machine needs, from this repository alone:
 #   make demo   set up, build the sample targets, cover the sqlite workload, print the report paths
-#   make test   set up, build the sample targets, run the whole test suite
+#   make test   set up, build the sample targets, lint, run the whole test suite
+#   make lint   ruff on everything, mypy on bpfcov/
 #   make bench  the benchmarks in bench/ (see bench/README.md)
 PYTHON := .venv/bin/python
 STAMP := .venv/.installed
 DEMO_OUT := demo-out
 
-.PHONY: setup system targets demo test bench clean
+.PHONY: setup system targets demo lint test bench clean
 
 setup: system $(STAMP)
 
@@ -18,7 +19,7 @@ system:
 # project's dependencies change.
 $(STAMP): pyproject.toml | system
 	/usr/bin/python3 -m venv --system-site-packages .venv
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
 	touch $@
 
 targets: setup
@@ -30,7 +31,11 @@ demo: targets
 	@echo "lcov tracefile: $(DEMO_OUT)/coverage.info"
 	@echo "HTML report:    $(DEMO_OUT)/html/index.html"
 
-test: targets
+lint: setup
+	.venv/bin/ruff check bpfcov tests bench
+	.venv/bin/mypy
+
+test: targets lint
 	$(PYTHON) -m pytest -p no:cacheprovider --cov=bpfcov --cov-report=term $(PYTEST_ARGS) tests
 
 bench: targets

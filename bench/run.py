@@ -332,7 +332,8 @@ def environment() -> dict:
                                  text=True).stdout
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-            "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), ""),
+            "cpu": next((row.split(":", 1)[1].strip() for row in open("/proc/cpuinfo")
+                         if row.startswith("model name")), ""),
             "python": platform.python_version(), "bpfcov": __version__, "bcc": bcc_version,
             "sqlite": "3.53.2 (better-sqlite3 12.11.1), -O2 -g"}
 
@@ -356,7 +357,8 @@ def markdown(results: dict) -> str:
             p = r["program"]
             extra = (f"{r['relinks']:.0f} | {fmt(r['relink_seconds'])} | {r['probes_left']:.0f} / {r['probes']} | "
                      f"{r['peak_rss_mib']:.0f}") if "relinks" in r else "– | – | – | –"
-            lines.append(f"| {int(n):,} | {mode} | {fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}), {p['runs']} runs | "
+            lines.append(f"| {int(n):,} | {mode} | {fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}), "
+                         f"{p['runs']} runs | "
                          f"{fmt(r['program_ratio'])}× | {fmt(r['wall']['median'])} | "
                          f"{fmt(r['fixed_cost_seconds']) if mode in ('hit', 'count', 'lines') else '–'} | {extra} |")
     h = results["per_hit"]
@@ -367,7 +369,8 @@ def markdown(results: dict) -> str:
     lines += ["", "## Attach and detach (synthesized binary, one function per probe)", "",
               "| probes | links | attach s | detach s | index s (cold) |", "| --- | --- | --- | --- | --- |"]
     for r in results["attach"]:
-        lines.append(f"| {r['probes']:,} | {r['links']} | {fmt(r['attach_seconds'], 3)} | {fmt(r['detach_seconds'], 3)} | "
+        lines.append(f"| {r['probes']:,} | {r['links']} | {fmt(r['attach_seconds'], 3)} | "
+                     f"{fmt(r['detach_seconds'], 3)} | "
                      f"{fmt(r['index_seconds'], 2)} |")
     lines += ["", "## Processes outside the trace", "",
               "A process that is not traced, run while a trace is active, against runs with no trace (links carry "
@@ -398,7 +401,8 @@ def markdown(results: dict) -> str:
               "| --- | --- | --- | --- | --- |"]
     for mode in ("hit", "count"):
         a = acc[mode]
-        lines.append(f"| {mode} | {a['callgrind_executed']} | {a['bpfcov_executed']} | {', '.join(a['missed']) or 'none'} | "
+        lines.append(f"| {mode} | {a['callgrind_executed']} | {a['bpfcov_executed']} | "
+                     f"{', '.join(a['missed']) or 'none'} | "
                      f"{', '.join(a['extra']) or 'none'} |")
     g = acc["gcov"]
     lines += ["", f"Count mode against gcov's call counts on the sample targets: {g['counts_equal']} of "

@@ -14,10 +14,11 @@ the functions, so `import bpfcov` stays cheap.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from bpfcov.errors import BpfcovError
 from bpfcov.data.status import Mode
+from bpfcov.errors import BpfcovError
 
 if TYPE_CHECKING:
     from bpfcov.data.model import RunCoverage

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bpfcov.data.status import Mode
 from bpfcov.errors import BpfcovError

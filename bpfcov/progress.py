@@ -19,7 +19,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.start = time.monotonic()
         self.shown = False
-        self._last_phase = None
+        self._last_phase: str | None = None
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def update(self, phase: str, done: int | None = None, total: int | None = None) -> None:

@@ -8,9 +8,9 @@ import sqlite3
 import subprocess
 
 import pytest
+from conftest import bpfcov, coverage_json, function_counts, target
 
 from bpfcov.cli import COMMANDS
-from conftest import bpfcov, coverage_json, function_counts, target
 
 
 def one_line_error(result: subprocess.CompletedProcess, expected: str = "") -> None:

@@ -12,8 +12,7 @@ import sys
 import time
 
 import pytest
-
-from conftest import (ROOT, bpfcov, coverage_json, function_counts, gcov_counts, target, uprobe_multi_links)
+from conftest import ROOT, bpfcov, coverage_json, function_counts, gcov_counts, target, uprobe_multi_links
 
 GCOV_CASES = [
     ("shapes", ["fact", "6"]),
@@ -45,7 +44,8 @@ def test_count_mode_equals_gcov_call_counts(bpf, tmp_path, name, args):
             assert ours[function] == expected, function
             compared += 1
         else:
-            assert expected == 0 or function.startswith("_GLOBAL__"), f"{function} ran {expected}x but is not in the index"
+            assert expected == 0 or function.startswith("_GLOBAL__"), \
+                f"{function} ran {expected}x but is not in the index"
     assert compared >= 3
 
 

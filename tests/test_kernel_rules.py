@@ -35,7 +35,8 @@ FORMS = [
     ("fs_mov", "mov %fs:0x10,%rcx"), ("gs_mov", "mov %gs:0x0,%rax"), ("rep_stosb", "rep stosb"),
     ("repne_scasb", "repne scasb"), ("bnd_jmp", "bnd jmp *%rax"), ("f2_jmp", ".byte 0xf2, 0xff, 0xe0"),
     ("data16_call", ".byte 0x66, 0xe8, 0, 0, 0, 0"), ("data16_jcc", ".byte 0x66, 0x74, 0x00"),
-    ("data16_jmp", ".byte 0x66, 0xeb, 0x00"), ("data16_mov", "mov %ax,(%rdi)"), ("addr32_mov", "addr32 mov (%edi),%eax"),
+    ("data16_jmp", ".byte 0x66, 0xeb, 0x00"), ("data16_mov", "mov %ax,(%rdi)"),
+    ("addr32_mov", "addr32 mov (%edi),%eax"),
     ("mov_ss", "mov %eax,%ss"), ("pop_ss", ".byte 0x17"), ("int3", "int3"), ("int80", "int $0x80"), ("hlt", "hlt"),
     ("in_al", "in $0x60,%al"), ("outsb", "outsb"), ("cli", "cli"), ("iretq", "iretq"), ("lcall", "lcall *(%rax)"),
     ("syscall", "syscall"), ("ud2", "ud2"), ("cpuid", "cpuid"), ("rdtsc", "rdtsc"), ("xgetbv", "xgetbv"),
@@ -50,7 +51,8 @@ FORMS = [
     ("fma4_vfmaddsd", "vfmaddsd %xmm2,%xmm1,%xmm0,%xmm0"), ("fma4_vfmaddps", "vfmaddps %ymm2,%ymm1,%ymm0,%ymm0"),
     ("xop_vprotb", "vprotb $1,%xmm1,%xmm0"), ("tbm_blcfill", "blcfill %eax,%ebx"),
     ("sse4a_extrq", "extrq $1,$2,%xmm0"),
-    ("sse4a_insertq", "insertq %xmm1,%xmm0"), ("sse4a_movntss", "movntss %xmm0,(%rdi)"), ("3dnow_pfadd", "pfadd %mm1,%mm0"),
+    ("sse4a_insertq", "insertq %xmm1,%xmm0"), ("sse4a_movntss", "movntss %xmm0,(%rdi)"),
+    ("3dnow_pfadd", "pfadd %mm1,%mm0"),
 ]
 
 
@@ -188,8 +190,9 @@ def executed_forms(tmp_path_factory):
 def _run_form(binary: str, name: str, probe_at: int | None, program) -> str:
     """The form's result in a fresh process, with a probe on its instruction if asked;
     the process's death shows as "died"."""
-    from bpfcov.engine.uprobe_multi import create_link
     import os
+
+    from bpfcov.engine.uprobe_multi import create_link
     proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     fd = None
     try:

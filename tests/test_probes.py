@@ -11,11 +11,11 @@ import struct
 import subprocess
 
 import pytest
+from conftest import bpfcov, target
 
 from bpfcov.probes.index import index_object
 from bpfcov.probes.insn import find_probe_site, kernel_refusal, refusal
 from bpfcov.probes.model import ProbeStatus
-from conftest import bpfcov, target
 
 ALL_TARGETS = ["shapes", "inventory", "threads", "forker", "host", "libshape.so", "plugin.so"]
 
@@ -185,7 +185,8 @@ def test_stripped_binary_with_build_id_debug_file_yields_the_same_index(tmp_path
     build_id = full.build_id
     root = tmp_path / "debugroot"
     (root / ".build-id" / build_id[:2]).mkdir(parents=True)
-    subprocess.run(["objcopy", "--only-keep-debug", original, root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"],
+    debug_file = root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    subprocess.run(["objcopy", "--only-keep-debug", original, debug_file],
                    check=True)
     stripped = tmp_path / "shapes"
     subprocess.run(["objcopy", "--strip-all", original, stripped], check=True)
@@ -298,7 +299,7 @@ def test_corrupt_dwarf_falls_back_to_symbols_with_a_warning(tmp_path):
     copy = tmp_path / "shapes"
     shutil.copy(original, copy)
     out = subprocess.run(["readelf", "-S", "-W", original], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if ".debug_line " in l)
+    line = next(row for row in out.splitlines() if ".debug_line " in row)
     fields = line.split("]", 1)[1].split()
     offset, size = int(fields[3], 16), int(fields[4], 16)
     data = bytearray(copy.read_bytes())

@@ -85,7 +85,8 @@ def test_attach_with_libs_covers_glibc_in_a_running_interpreter(bpf, tmp_path):
                                    "-o", out], stderr=subprocess.PIPE, text=True)
         _read_until_tracing(tracer)
         proc.stdin.write("import json, re, os, zlib; json.dumps({'a': [1.5, 'x']}); re.sub('a+', 'b', 'caat')\n")
-        proc.stdin.write("os.listdir('/'); zlib.compress(b'x' * 1000); print(sorted(os.environ)[:1], file=sys.stderr)\n")
+        proc.stdin.write("os.listdir('/'); zlib.compress(b'x' * 1000); "
+                         "print(sorted(os.environ)[:1], file=sys.stderr)\n")
         proc.stdin.close()
         proc.wait(timeout=60)
         assert tracer.wait(timeout=120) == 0, tracer.stderr.read()

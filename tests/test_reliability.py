@@ -15,12 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+from conftest import ROOT, bpfcov, coverage_json, function_counts, target, uprobe_multi_links
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.index import index_object
-from conftest import ROOT, bpfcov, coverage_json, function_counts, target, uprobe_multi_links
 
 REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
 
@@ -103,7 +103,7 @@ def test_hundred_runs_leave_no_links_programs_maps_or_fds(bpf, tmp_path):
     from bpfcov.engine.targets import trace_command
     before = bpf_objects()
     fds = len(os.listdir("/proc/self/fd"))
-    for i in range(100):
+    for _ in range(100):
         traced = trace_command([target("O0", "shapes"), "fact", "3"], TraceOptions(quiet=True), [], False)
         assert traced.ending.exit_status == 0 and traced.coverage.objects[0].function_counts.max() >= 1
     # The kernel frees a program (and then its maps) after an RCU grace period, not at

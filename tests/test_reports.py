@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, bpfcov, coverage_json, target
 
 from bpfcov.data import store
 from bpfcov.data.model import ObjectCoverage, RunCoverage
@@ -21,7 +22,6 @@ from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 from bpfcov.report.pipeline import ReportOptions, build_report
 from bpfcov.report.treemap import Rect, squarify
 from bpfcov.report.writers import write_reports
-from conftest import ROOT, bpfcov, coverage_json, target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -106,7 +106,7 @@ def test_diff_cover_parses_it_and_reports_the_changed_lines(traced_outputs, tmp_
     run_tool(git[:3] + ["checkout", "-qb", "change"])
     text = (repo / "src/shapes.c").read_text().splitlines(keepends=True)
     source = (ROOT / "sample_targets/shapes/shapes.c").read_text().splitlines()
-    fact_line = next(i for i, l in enumerate(source, 1) if l.startswith("unsigned long factorial"))
+    fact_line = next(i for i, text in enumerate(source, 1) if text.startswith("unsigned long factorial"))
     # Touch the lines factorial's and triangle_area's DA records stand on.
     data = coverage_json(traced_outputs["shapes"])
     lines = {f["name"]: f["line"] for o in data["objects"] for f in o["functions"]}
@@ -156,7 +156,7 @@ def test_no_source_outside_source_root_is_read(traced_outputs):
     pages = "".join(p.read_text() for p in (out / "html").glob("*.html"))
     assert "/etc/shadow" in pages  # named...
     with open("/etc/shadow") as f:
-        secret_lines = [l.strip() for l in f if l.strip()]
+        secret_lines = [text.strip() for text in f if text.strip()]
     for line in secret_lines[:5]:
         assert line not in pages  # ...but never read
     assert "it is outside --source-root, so it was not read" in pages
@@ -188,7 +188,7 @@ def test_html_renders_in_chromium_without_console_errors(traced_outputs, tmp_pat
     dom, log = browser_dump(page, tmp_path)
     assert "Never-executed functions" in dom
     assert "inv::Gadget::value() const" in dom
-    console_errors = [l for l in log.splitlines() if "CONSOLE" in l and ("ERROR" in l or "Uncaught" in l)]
+    console_errors = [row for row in log.splitlines() if "CONSOLE" in row and ("ERROR" in row or "Uncaught" in row)]
     assert not console_errors, console_errors
 
 

@@ -12,8 +12,15 @@ import os
 import signal
 import sys
 
-from bpfcov.commands.common import (Command, add_report_options, add_trace_options, check_output_dir,
-                                    positive_float, validate_formats, write_all)
+from bpfcov.commands.common import (
+    Command,
+    add_report_options,
+    add_trace_options,
+    check_output_dir,
+    positive_float,
+    validate_formats,
+    write_all,
+)
 from bpfcov.engine.program import ProgramBuilder, check_privileges, program_options, spare_slots
 from bpfcov.errors import BpfcovError, UsageError
 
@@ -102,6 +109,7 @@ class RunCommand(Command):
                                after=lambda run: write_all(run, args, data_file, args.quiet))
         status = traced.after if traced.coverage is not None else 1
         ending = traced.ending
+        assert ending is not None  # run always has one
         if ending.signal is not None:
             if not args.quiet:
                 print(f"bpfcov: {args.command[0]} was killed by signal {ending.signal}", file=sys.stderr)

@@ -50,10 +50,12 @@ def merge(runs: list[RunCoverage]) -> RunCoverage:
                     raise BpfcovError(f"{obj.index.path}: function {f.name} is missing from another run of "
                                       "the same build-id; the data files disagree")
                 target.function_counts[j] += obj.function_counts[i]
-            if lines and target.line_counts is not None and obj.line_counts is not None:
-                where = np.searchsorted(target.index.lines.address, obj.index.lines.address)
-                if len(where) and (where.max() >= len(target.index.lines.address) or
-                                   not np.array_equal(target.index.lines.address[where], obj.index.lines.address)):
+            ours, theirs = target.index.lines, obj.index.lines
+            if lines and target.line_counts is not None and obj.line_counts is not None \
+                    and ours is not None and theirs is not None:
+                where = np.searchsorted(ours.address, theirs.address)
+                if len(where) and (where.max() >= len(ours.address) or
+                                   not np.array_equal(ours.address[where], theirs.address)):
                     raise BpfcovError(f"{obj.index.path}: line probes differ between runs of the same build-id")
                 np.add.at(target.line_counts, where, obj.line_counts)
     return merged

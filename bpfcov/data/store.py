@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import tempfile
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
                 "SELECT path FROM line_files WHERE object_id = ? ORDER BY idx", (object_id,))]
             rows = db.execute("SELECT address, offset, file, line, function, count FROM lines "
                               "WHERE object_id = ? ORDER BY address", (object_id,)).fetchall()
-            cols = list(zip(*rows)) if rows else [[]] * 6
+            cols: list[Any] = list(zip(*rows)) if rows else [[]] * 6
             lines = LineTable(files, np.array(cols[0], dtype=np.uint64), np.array(cols[1], dtype=np.uint64),
                               np.array(cols[2], dtype=np.int32), np.array(cols[3], dtype=np.int32),
                               np.array(cols[4], dtype=np.int32))

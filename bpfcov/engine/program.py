@@ -14,8 +14,12 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from bpfcov.errors import BpfcovError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BPF_TRACE_UPROBE_MULTI = 48
 
@@ -124,7 +128,8 @@ class CounterProgram:
                                                   attach_type=BPF_TRACE_UPROBE_MULTI) if options.loader_hook else None
         except Exception as e:  # bcc raises bare Exceptions for compile and load failures
             raise BpfcovError(f"cannot load the BPF program: {str(e).splitlines()[0] if str(e) else e} "
-                              f"(are kernel headers installed under /lib/modules/{os.uname().release}/build?)") from None
+                              "(are kernel headers installed under "
+                              f"/lib/modules/{os.uname().release}/build?)") from None
         counts_fd = self._bpf["counts"].map_fd
         size = self.slots * 8
         self._mmap = mmap.mmap(counts_fd, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
@@ -184,13 +189,14 @@ class CounterProgram:
         events, self._process_events = self._process_events, []
         return hits, events
 
-    def snapshot(self) -> "np.ndarray":
+    def snapshot(self) -> np.ndarray:
         return self.counts.copy()
 
     def close(self) -> None:
         if self._bpf is None:
             return
-        self.counts = None
+        import numpy as np
+        self.counts = np.zeros(0, dtype=np.uint64)  # drops the view of the map, so it can be unmapped
         try:
             self._mmap.close()
         except (BufferError, ValueError):
@@ -230,6 +236,7 @@ class ProgramBuilder:
         if self._error is not None:
             raise self._error
         program, self._program = self._program, None
+        assert program is not None  # built, or _error was set
         if program.slots >= slots:
             return program
         program.close()

@@ -184,6 +184,13 @@ class Session:
         if self._release is not None:
             self._release.join()
 
+    @property
+    def _engine(self) -> tuple[CounterProgram, Tracer]:
+        """The program and tracer of a started session."""
+        if self.program is None or self.tracer is None:
+            raise BpfcovError("tracing has not started")
+        return self.program, self.tracer
+
     # -- objects -----------------------------------------------------------------------
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -263,14 +270,15 @@ class Session:
 
     def _register(self, obj: TracedObject, plan: ObjectPlan) -> None:
         """Number the object's probes as `plan` says and make them ready to attach."""
-        if plan.first_probe + plan.probe_count > self.program.slots:
+        program, tracer = self._engine
+        if plan.first_probe + plan.probe_count > program.slots:
             self._warn(f"no probe slots left for {obj.index.path}; it is not traced")
             return
         obj.plan = plan
         if plan.probe_count:
-            self.tracer.add_object(obj.key, obj.kernel_path, plan.offsets, plan.first_probe)
+            tracer.add_object(obj.key, obj.kernel_path, plan.offsets, plan.first_probe)
         if self.every_process:
-            self.tracer.attach(0, obj.key)
+            tracer.attach(0, obj.key)
 
     # -- processes ---------------------------------------------------------------------
     def cover_process(self, pid: int) -> bool:
@@ -282,10 +290,11 @@ class Session:
             except OSError:
                 return False
             self._exits.register(self._pidfds[pid], select.POLLIN)
-        self.program.follow(pid)
+        program, tracer = self._engine
+        program.follow(pid)
         for mapping in executable_mappings(pid):
             obj = self._object_for(pid, mapping)
-            if obj is not None and not self.tracer.attach(pid, obj.key):
+            if obj is not None and not tracer.attach(pid, obj.key):
                 return False
             if self.program_options.loader_hook and os.path.basename(mapping.path).startswith("ld-"):
                 self._hook_loader(pid, mapping)
@@ -300,19 +309,19 @@ class Session:
         if key not in self._loaders:
             self._loaders[key] = None
             index = index_object(f"/proc/self/fd/{fd}", quiet=True, name=mapping.path)
-            hook = next((f for f in index.functions if "_dl_debug_state" in
-                         (f.name.split("@")[0], *(a.split("@")[0] for a in f.aliases))), None)
-            if hook is None or hook.probe_offset is None:
+            debug_state = next((f for f in index.functions if "_dl_debug_state" in
+                                (f.name.split("@")[0], *(a.split("@")[0] for a in f.aliases))), None)
+            if debug_state is None or debug_state.probe_offset is None:
                 self._warn(f"{mapping.path} has no _dl_debug_state; libraries opened with dlopen() are found "
                            "by polling, and their first calls may be missed")
             else:
-                self._loaders[key] = (fd, hook.probe_offset)
+                self._loaders[key] = (fd, debug_state.probe_offset)
                 fd = None
         if fd is not None:
             os.close(fd)
         hook = self._loaders[key]
         if hook is not None:
-            self.tracer.add_loader_hook(pid, f"/proc/self/fd/{hook[0]}", hook[1])
+            self._engine[1].add_loader_hook(pid, f"/proc/self/fd/{hook[0]}", hook[1])
 
     def _processes_stopped(self, events: list[tuple[int, int]]) -> None:
         """Called from the event thread: these processes are stopped for their links."""
@@ -342,8 +351,9 @@ class Session:
             self._forget(pid)
 
     def _forget(self, pid: int) -> None:
-        self.tracer.detach(pid)
-        self.program.unfollow(pid)
+        program, tracer = self._engine
+        tracer.detach(pid)
+        program.unfollow(pid)
         self._exits.unregister(self._pidfds[pid])
         os.close(self._pidfds.pop(pid))
 
@@ -356,8 +366,8 @@ class Session:
                 pass
 
     # -- probes the kernel refuses -------------------------------------------------------
-    def _owner(self, probe: int) -> TracedObject:
-        return next(o for o in self.objects.values()
+    def _owner(self, probe: int) -> tuple[TracedObject, ObjectPlan]:
+        return next((o, o.plan) for o in self.objects.values()
                     if o.plan is not None and o.plan.first_probe <= probe < o.plan.first_probe + o.plan.probe_count)
 
     def _refused(self, probe: int, offset: int) -> int | None:
@@ -366,9 +376,9 @@ class Session:
         A function's entry moves to its next instruction, which runs exactly when the
         entry does, if the entry is not a branch; a line probe is dropped (its line is then
         not reported, rather than reported unexecuted). Called by the tracer."""
-        obj = self._owner(probe)
+        obj, plan = self._owner(probe)
         moved = None
-        entries = np.flatnonzero(obj.plan.function_probe == probe)
+        entries = np.flatnonzero(plan.function_probe == probe)
         if len(entries) and probe not in self.refusals:
             function = obj.index.functions[int(entries[0])]
             code = os.pread(obj.fd, 16, offset)
@@ -379,10 +389,10 @@ class Session:
         self.refusals[probe] = moved
         return moved
 
-    def _with_refusals(self, obj: TracedObject) -> tuple[ObjectIndex, np.ndarray | None]:
+    def _with_refusals(self, obj: TracedObject, plan: ObjectPlan) -> tuple[ObjectIndex, np.ndarray | None]:
         """The object's index as measured: functions whose probe the kernel refused are
         moved or unmeasured, refused line probes gone. Also the line rows kept."""
-        plan, index = obj.plan, obj.index
+        index = obj.index
         refused = [p for p in self.refusals if plan.first_probe <= p < plan.first_probe + plan.probe_count]
         if not refused:
             return index, None
@@ -439,7 +449,7 @@ class Session:
             plan = obj.plan
             if plan is None:
                 continue
-            index, kept_lines = self._with_refusals(obj)
+            index, kept_lines = self._with_refusals(obj, plan)
             fp = plan.function_probe
             fcounts = np.where(fp >= 0, counts[np.maximum(fp, 0)].astype(np.int64), 0)
             lcounts = None

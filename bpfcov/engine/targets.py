@@ -24,13 +24,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from bpfcov.data.model import RunCoverage
 from bpfcov.engine.cgroup import RunCgroup
-from bpfcov.engine.program import program_options, spare_slots
 from bpfcov.engine.processes import executable_of, linked_libraries, process_exists
+from bpfcov.engine.program import program_options, spare_slots
 from bpfcov.engine.session import Session, TraceOptions
 from bpfcov.errors import BpfcovError
 from bpfcov.probes.elf import ElfObject
@@ -70,7 +71,7 @@ class Stopper:
         self._stop = False
         self.received: list[int] = []
         self._forward = forward
-        self._previous = {}
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Stopper:
         for sig in self.SIGNALS:
@@ -103,7 +104,7 @@ def _wait_loop(session: Session, stopper: Stopper, alive: Callable[[], bool], du
         session.service()
         if next_snapshot is not None and now >= next_snapshot and on_snapshot is not None:
             on_snapshot(session.snapshot())
-            next_snapshot = now + interval
+            next_snapshot = now + (interval or 0.0)
         session.wake.wait(POLL_SECONDS)
         session.wake.clear()
 

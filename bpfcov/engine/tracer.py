@@ -27,8 +27,8 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -160,8 +160,11 @@ class Tracer:
         with self._lock:
             if pid in self._loader_links:
                 return
+            loader_prog_fd = self.program.loader_prog_fd
+            if loader_prog_fd is None:
+                raise ValueError("the program was built without the loader hook")
             try:
-                self._loader_links[pid] = create_link(self.program.loader_prog_fd, path,
+                self._loader_links[pid] = create_link(loader_prog_fd, path,
                                                       np.array([offset], dtype=np.uint64),
                                                       np.zeros(1, dtype=np.uint64), pid)
             except LinkError as e:

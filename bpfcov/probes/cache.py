@@ -68,7 +68,7 @@ def store(key: str, index: ObjectIndex) -> None:
         os.makedirs(cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the keywords for options
         os.replace(tmp, _entry_path(key))
     except OSError:
         pass  # a cache that cannot be written only costs time

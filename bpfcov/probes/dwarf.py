@@ -12,6 +12,8 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
+from io import BytesIO
+from typing import cast
 
 import numpy as np
 from elftools.common.exceptions import DWARFError, ELFError, ELFParseError
@@ -95,10 +97,15 @@ def read_line_rows(elf: ELFFile) -> LineRows | None:
         if not elf.has_dwarf_info():
             return None
         dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
-        data = dwarf.debug_line_sec.stream.getvalue() if dwarf.debug_line_sec is not None else b""
+        # pyelftools keeps the section in a BytesIO (typed as IO[bytes]).
+        data = cast(BytesIO, dwarf.debug_line_sec.stream).getvalue() if dwarf.debug_line_sec is not None else b""
         files: list[str] = []
         file_ids: dict[str, int] = {}
-        addr, fidx, line, stmt, endseq = [], [], [], [], []
+        addr: list[int] = []
+        fidx: list[int] = []
+        line: list[int] = []
+        stmt: list[bool] = []
+        endseq: list[bool] = []
         for cu in dwarf.iter_CUs():
             top = cu.get_top_DIE()
             comp_dir_attr = top.attributes.get("DW_AT_comp_dir")
@@ -132,6 +139,6 @@ def read_line_rows(elf: ELFFile) -> LineRows | None:
         address[order],
         np.array(fidx, dtype=np.int32)[order],
         np.array(line, dtype=np.int32)[order],
-        np.array(stmt, dtype=bool)[order],
-        np.array(endseq, dtype=bool)[order],
+        np.array(stmt, dtype=np.bool_)[order],
+        np.array(endseq, dtype=np.bool_)[order],
     )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from bpfcov.errors import BpfcovError
 
@@ -116,7 +118,7 @@ class ElfObject:
         for section in self.elf.iter_sections():
             if section.header.sh_type != "SHT_NOTE":
                 continue
-            for note in section.iter_notes():
+            for note in cast(NoteSection, section).iter_notes():
                 if note.n_type == "NT_GNU_BUILD_ID":
                     return note.n_desc
         return None
@@ -150,7 +152,7 @@ class ElfObject:
             return []
         symbols = []
         try:
-            for sym in table.iter_symbols():
+            for sym in cast(SymbolTableSection, table).iter_symbols():
                 entry = sym.entry
                 if entry.st_info.type not in ("STT_FUNC", "STT_LOOS") or entry.st_shndx == "SHN_UNDEF":
                     continue  # STT_LOOS is how pyelftools names STT_GNU_IFUNC (10)

@@ -15,9 +15,9 @@ import numpy as np
 
 from bpfcov.errors import BpfcovError
 from bpfcov.probes import cache
+from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.demangle import demangle_all
 from bpfcov.probes.dwarf import DwarfUnreadable, LineRows, read_line_rows
-from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.elf import ElfObject, Symbol
 from bpfcov.probes.insn import find_probe_site, is_probeable
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
@@ -137,6 +137,7 @@ def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progr
                 progress.update("locating functions", n, len(folded))
                 file, first, last = _source_location(rows, sym.address, size)
                 offset = obj.file_offset(sym.address)
+                assert offset is not None  # symbols outside the loaded code were left out above
                 site = find_probe_site(obj.read_at(offset, 32), sym.address)
                 if site.address is None:
                     status, probe_offset = ProbeStatus.UNMEASURED, None

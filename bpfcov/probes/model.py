@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-class ProbeStatus(str, enum.Enum):
+class ProbeStatus(enum.StrEnum):
     ENTRY = "entry"            # probed at its first instruction
     MOVED = "moved"            # first instruction refused by uprobes; probed at the second
     UNMEASURED = "unmeasured"  # no safe place to probe: never to be reported as dead

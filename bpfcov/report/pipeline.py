@@ -59,7 +59,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
     for oi, obj in enumerate(run.objects):
         index = obj.index
         rows: list[FunctionRow] = []
-        line_rows: dict[tuple[str, int], int] = {}
+        line_rows: dict[tuple[str | None, int], int] = {}
         if run.lines and index.lines is not None and obj.line_counts is not None:
             t = index.lines
             for fidx, line, count in zip(t.file.tolist(), t.line.tolist(), obj.line_counts.tolist()):
@@ -86,7 +86,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
             else:
                 totals.dead_bytes += row.size
             if row.file is not None and row.line is not None and status != "unmeasured":
-                source = files.setdefault(row.file, SourceFile(row.file, f.file))
+                source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
                 source.functions.append(row)
                 if not run.lines:
                     source.lines[row.line] = source.lines.get(row.line, 0) + count
@@ -99,12 +99,12 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
             for (path, line), count in line_rows.items():
                 if path is None:
                     continue
-                source = files.get(path)
-                if source is None:
+                known = files.get(path)
+                if known is None:
                     continue  # lines of functions filtered out or unmeasured
-                source.lines[line] = max(source.lines.get(line, 0), count)
+                known.lines[line] = max(known.lines.get(line, 0), count)
         objects.append(ObjectReport(index.path, index.build_id, rows,
-                                    sorted((p, l, c) for (p, l), c in line_rows.items() if p is not None),
+                                    sorted((p, n, c) for (p, n), c in line_rows.items() if p is not None),
                                     list(index.warnings)))
     ordered = [files[p] for p in sorted(files)]
     for source in ordered:

@@ -77,13 +77,13 @@ def layout(groups: list[tuple[str, list[tuple[str, list]]]], width: float, heigh
         top = header if with_header and r.h > header * 2 and r.w > 40 else 0
         return Rect(r.x + pad, r.y + pad + top, max(0.0, r.w - 2 * pad), max(0.0, r.h - 2 * pad - top))
 
-    objects = [(label, files, sum(f.size for _, fs in files for f in fs)) for label, files in groups]
-    objects = sorted([o for o in objects if o[2] > 0], key=lambda o: -o[2])
+    sized = [(label, files, sum(f.size for _, fs in files for f in fs)) for label, files in groups]
+    objects = sorted([o for o in sized if o[2] > 0], key=lambda o: -o[2])
     for (label, files, size), orect in zip(objects, squarify([o[2] for o in objects], Rect(0, 0, width, height))):
         tiles.append(Tile(orect, 0, label, f"{label}: {size:,} bytes", ""))
-        files = [(fl, fs, sum(f.size for f in fs)) for fl, fs in files]
-        files = sorted([f for f in files if f[2] > 0], key=lambda f: -f[2])
-        for (flabel, functions, fsize), frect in zip(files, squarify([f[2] for f in files], inner(orect, True))):
+        sized_files = [(fl, fs, sum(f.size for f in fs)) for fl, fs in files]
+        by_size = sorted([f for f in sized_files if f[2] > 0], key=lambda f: -f[2])
+        for (flabel, functions, fsize), frect in zip(by_size, squarify([f[2] for f in by_size], inner(orect, True))):
             tiles.append(Tile(frect, 1, flabel, f"{flabel}: {fsize:,} bytes", ""))
             fns = sorted([f for f in functions if f.size > 0], key=lambda f: -f.size)
             for fn, rect in zip(fns, squarify([f.size for f in fns], inner(frect, True))):

@@ -64,11 +64,11 @@ def write_reports(report: Report, out_dir: str, formats: list[str], source_root:
             reporter = REPORTERS[name]
             path = os.path.join(out_dir, reporter.file_name)
             if reporter.folder:
-                _write_folder(path, lambda folder: reporter.write(report, folder, context))
+                _write_folder(path, lambda folder, r=reporter: r.write(report, folder, context))
                 index = os.path.join(path, "index.html")
                 written.append(index if os.path.exists(index) else path)
             else:
-                _write_file(path, lambda out: reporter.write(report, out, context))
+                _write_file(path, lambda out, r=reporter: r.write(report, out, context))
                 written.append(path)
     except OSError as e:
         raise BpfcovError(f"cannot write reports to {out_dir}: {e.strerror or e}") from None

@@ -14,7 +14,6 @@ from xml.sax.saxutils import quoteattr as _quoteattr
 from bpfcov.report.model import Report
 from bpfcov.report.reporter import Reporter, WriteContext
 
-
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 

@@ -80,7 +80,7 @@ def pages(report: Report, sources: SourceReader):
         if text is not None:
             starts: dict[int, list[FunctionRow]] = {}
             for f in source.functions:
-                starts.setdefault(f.line, []).append(f)
+                starts.setdefault(f.line or 0, []).append(f)
             lines = []
             for n, t in enumerate(text, start=1):
                 count = source.lines.get(n)

@@ -32,7 +32,7 @@ def write(report: Report, out, sources: SourceReader, format_version: int = 1) -
     out.write("TN:\n")
     for source in report.files:
         length = sources.line_count(source.original_path) or sources.line_count(source.path)
-        functions = [f for f in source.functions if length is None or f.line <= length]
+        functions = [f for f in source.functions if length is None or (f.line or 0) <= length]
         lines = {n: c for n, c in source.lines.items() if length is None or n <= length}
         if not lines:
             continue
