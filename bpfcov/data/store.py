@@ -22,21 +22,24 @@ import numpy as np
 
 from bpfcov.data.model import ObjectCoverage, RunCoverage
 from bpfcov.errors import BpfcovError
-from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
+from bpfcov.probes.model import (
+    FUNCTION_COLUMNS,
+    FUNCTION_FIELDS,
+    LineTable,
+    ObjectIndex,
+    function_from_record,
+    function_record,
+)
 
 FORMAT = "bpfcov"
 SCHEMA = 1
 
-_DDL = """
+_DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE objects (id INTEGER PRIMARY KEY, path TEXT NOT NULL, build_id TEXT,
                       debug_file TEXT, warnings TEXT NOT NULL);
-CREATE TABLE functions (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
-                        display_name TEXT NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
-                        size INTEGER NOT NULL, file TEXT, line INTEGER, end_line INTEGER,
-                        aliases TEXT NOT NULL, probe TEXT NOT NULL, probe_offset INTEGER,
-                        probe_note TEXT NOT NULL, count INTEGER NOT NULL,
-                        PRIMARY KEY (object_id, idx));
+CREATE TABLE functions (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, {FUNCTION_COLUMNS},
+                        count INTEGER NOT NULL, PRIMARY KEY (object_id, idx));
 CREATE TABLE line_files (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL,
                          PRIMARY KEY (object_id, idx));
 CREATE TABLE lines (object_id INTEGER NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -88,9 +91,8 @@ def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
         db.execute("INSERT INTO objects VALUES (?, ?, ?, ?, ?)",
                    (object_id, ix.path, ix.build_id, ix.debug_file, json.dumps(ix.warnings)))
         db.executemany(
-            "INSERT INTO functions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            ((object_id, i, f.name, f.display_name, f.address, f.offset, f.size, f.file, f.line, f.end_line,
-              json.dumps(list(f.aliases)), f.probe.value, f.probe_offset, f.probe_note, int(c))
+            f"INSERT INTO functions VALUES ({', '.join('?' * (len(FUNCTION_FIELDS) + 3))})",
+            ((object_id, i, *function_record(f), int(c))
              for i, (f, c) in enumerate(zip(ix.functions, obj.function_counts.tolist()))))
         if ix.lines is not None:
             t = ix.lines
@@ -135,12 +137,10 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
     for object_id, path, build_id, debug_file, warnings in db.execute(
             "SELECT id, path, build_id, debug_file, warnings FROM objects ORDER BY id"):
         functions, counts = [], []
-        for (name, display, address, offset, size, file, line, end_line, aliases, probe, probe_offset,
-             note, count) in db.execute(
-                "SELECT name, display_name, address, offset, size, file, line, end_line, aliases, probe, "
-                "probe_offset, probe_note, count FROM functions WHERE object_id = ? ORDER BY idx", (object_id,)):
-            functions.append(Function(name, display, address, offset, size, file, line, end_line,
-                                      tuple(json.loads(aliases)), ProbeStatus(probe), probe_offset, note))
+        for *values, count in db.execute(
+                f"SELECT {', '.join(FUNCTION_FIELDS)}, count FROM functions WHERE object_id = ? ORDER BY idx",
+                (object_id,)):
+            functions.append(function_from_record(values))
             counts.append(count)
         lines, line_counts = None, None
         if run.lines:

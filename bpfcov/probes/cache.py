@@ -19,11 +19,11 @@ import numpy as np
 
 from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.elf import ElfObject
-from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
+from bpfcov.probes.model import LineTable, ObjectIndex, function_from_record, function_record
 
 # 3: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches),
-# and avoid VEX instructions the kernel would misemulate.
-SCHEMA = 3
+# and avoid VEX instructions the kernel would misemulate. 4: functions as probes/model.py records them.
+SCHEMA = 4
 
 
 def cache_dir() -> str:
@@ -48,16 +48,11 @@ def _entry_path(key: str) -> str:
     return os.path.join(cache_dir(), key + ".npz")
 
 
-def _function_fields(f: Function) -> list:
-    return [f.name, f.display_name, f.address, f.offset, f.size, f.file, f.line, f.end_line,
-            list(f.aliases), f.probe.value, f.probe_offset, f.probe_note]
-
-
 def store(key: str, index: ObjectIndex) -> None:
     meta = {
         "key": key, "build_id": index.build_id, "warnings": index.warnings,
         "debug_file": index.debug_file,
-        "functions": [_function_fields(f) for f in index.functions],
+        "functions": [function_record(f) for f in index.functions],
         "line_files": index.lines.files if index.lines is not None else None,
     }
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -83,12 +78,7 @@ def load(key: str) -> ObjectIndex | None:
             meta = json.loads(bytes(data["meta"]).decode())
             if meta.get("key") != key:
                 raise ValueError("key mismatch")
-            functions = [
-                Function(name, display, address, offset, size, file, line, end_line, tuple(aliases),
-                         ProbeStatus(probe), probe_offset, note)
-                for name, display, address, offset, size, file, line, end_line, aliases, probe,
-                probe_offset, note in meta["functions"]
-            ]
+            functions = [function_from_record(values) for values in meta["functions"]]
             lines = None
             if meta["line_files"] is not None:
                 lines = LineTable(meta["line_files"], *(data["line_" + column] for column in

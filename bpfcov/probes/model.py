@@ -7,7 +7,9 @@ hundreds of thousands, so they are kept as columns (numpy arrays) in `LineTable`
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -52,6 +54,27 @@ class Function:
             "aliases": list(self.aliases),
             "probe": self.probe.value,
         }
+
+
+# How a Function is stored, in the index cache and the data file alike: its fields in
+# order, as plain values (aliases as JSON text, the probe status as its value), and each
+# field's SQL column type. Derived from the dataclass, so a new field is stored everywhere.
+FUNCTION_FIELDS = tuple(f.name for f in dataclasses.fields(Function))
+_SQL_TYPES = {"str": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "str | None": "TEXT", "int | None": "INTEGER",
+              "tuple[str, ...]": "TEXT NOT NULL", "ProbeStatus": "TEXT NOT NULL"}
+FUNCTION_COLUMNS = ", ".join(f"{f.name} {_SQL_TYPES[str(f.type)]}" for f in dataclasses.fields(Function))
+
+
+def function_record(f: Function) -> tuple:
+    return tuple(json.dumps(list(value)) if name == "aliases" else value.value if name == "probe" else value
+                 for name, value in ((name, getattr(f, name)) for name in FUNCTION_FIELDS))
+
+
+def function_from_record(values) -> Function:
+    fields = dict(zip(FUNCTION_FIELDS, values))
+    fields["aliases"] = tuple(json.loads(fields["aliases"]))
+    fields["probe"] = ProbeStatus(fields["probe"])
+    return Function(**fields)
 
 
 @dataclass(slots=True)
