@@ -42,18 +42,12 @@ class Function:
         return self.probe is not ProbeStatus.UNMEASURED
 
     def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "display_name": self.display_name,
-            "address": self.address,
-            "offset": self.offset,
-            "size": self.size,
-            "file": self.file,
-            "line": self.line,
-            "end_line": self.end_line,
-            "aliases": list(self.aliases),
-            "probe": self.probe.value,
-        }
+        """The record of `bpfcov symbols --json`: every field but where and why the probe moved."""
+        record = dict(zip(FUNCTION_FIELDS, function_record(self)))
+        for internal in ("probe_offset", "probe_note"):
+            del record[internal]
+        record["aliases"] = list(self.aliases)
+        return record
 
 
 # How a Function is stored, in the index cache and the data file alike: its fields in
