@@ -250,7 +250,8 @@ class Session:
         # then found beside it), else through the descriptor.
         path = f"/proc/{pid}/root{mapping.path}"
         try:
-            if (os.stat(path).st_dev, os.stat(path).st_ino) != key:
+            seen = os.stat(path)
+            if (seen.st_dev, seen.st_ino) != key:
                 path = f"/proc/self/fd/{fd}"
         except OSError:
             path = f"/proc/self/fd/{fd}"
@@ -336,19 +337,23 @@ class Session:
             stopped, self._stopped = self._stopped, []
         try:
             for pid in dict.fromkeys(stopped):
-                try:
-                    self.cover_process(pid)
-                except (BpfcovError, LinkError) as e:
-                    self._warn(f"process {pid} is not fully traced: {e}")
+                self._cover_or_warn(pid)
         finally:
             self.resume(stopped)
         if self.libs and time.monotonic() >= self._next_rescan:
             self._next_rescan = time.monotonic() + RESCAN_SECONDS
             for pid in list(self._pidfds):
-                self.cover_process(pid)
+                self._cover_or_warn(pid)
         for fd, _ in self._exits.poll(0):
             pid = next(p for p, f in self._pidfds.items() if f == fd)
             self._forget(pid)
+
+    def _cover_or_warn(self, pid: int) -> None:
+        """cover_process, where a failure costs that process's coverage, not the run."""
+        try:
+            self.cover_process(pid)
+        except (BpfcovError, LinkError) as e:
+            self._warn(f"process {pid} is not fully traced: {e}")
 
     def _forget(self, pid: int) -> None:
         program, tracer = self._engine
