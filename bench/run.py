@@ -174,15 +174,16 @@ def _stop(tracer: subprocess.Popen) -> None:
     tracer.wait(timeout=120)
 
 
-def outside_rows(n: int, runs: int, tmp: Path) -> dict:
+def outside_rows(n: int, sort_lines: int, runs: int, tmp: Path) -> dict:
     """A process outside the trace, while a trace is active: does it pay for the probes?
 
     same binary: the sqlite workload, while `bpfcov run --mode count` traces another run of
     that same binary (stopped by SIGSTOP once its links are in place, so it takes no CPU).
-    libc code: `sort` on 300,000 lines, while `bpfcov run --libs --mode count` traces a
-    `sleep` (libc probed in it). Each against runs with no trace at all, interleaved."""
+    libc code: `sort` on `sort_lines` lines, while `bpfcov run --libs --mode count` traces a
+    `sleep` (libc probed in it). Each against runs with no trace at all, interleaved; each
+    sample lasts a second or more, so that the machine's noise stays small beside it."""
     lines = tmp / "lines.txt"
-    lines.write_text("".join(f"{(i * 7919) % 100003:06d} line\n" for i in range(300_000)))
+    lines.write_text("".join(f"{(i * 7919) % 1000003:07d} line\n" for i in range(sort_lines)))
 
     def workload() -> float:
         result = subprocess.run([str(WORKLOAD), str(n)], capture_output=True, text=True, check=True)
@@ -434,7 +435,8 @@ def main() -> None:
         print("bench: attach and detach", file=sys.stderr)
         results["attach"] = attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000], tmp)
         print("bench: processes outside a trace", file=sys.stderr)
-        results["outside"] = outside_rows(2000 if args.quick else 200_000, runs, tmp)
+        results["outside"] = outside_rows(2000 if args.quick else 1_000_000, 10_000 if args.quick else 2_000_000,
+                                          runs, tmp)
         print("bench: a test runner with --lines --libs", file=sys.stderr)
         results["pytest"] = pytest_row(1 if args.quick else 3, tmp)
         print("bench: indexing", file=sys.stderr)
