@@ -227,3 +227,16 @@ def test_interval_writes_snapshots_while_running(bpf, tmp_path):
         tracer.send_signal(signal.SIGTERM)
         tracer.wait(timeout=60)
     assert store.read(str(out / "bpfcov.db")).complete
+
+
+def test_children_are_caught_on_raw_syscalls_where_syscall_tracepoints_are_missing(bpf, monkeypatch):
+    """Kernels built without syscalls:* tracepoints: the fork catch falls back to
+    raw_syscalls:sys_exit. Forced here, on a kernel that has both."""
+    from bpfcov.engine import program
+    from bpfcov.engine.session import TraceOptions
+    from bpfcov.engine.targets import trace_command
+    monkeypatch.setattr(program, "_has_syscall_tracepoints", lambda: False)
+    traced = trace_command([target("O0", "forker"), "4"], TraceOptions(mode="count", quiet=True), [], False)
+    assert traced.ending.exit_status == 0
+    counts = {f.name: int(c) for o in traced.coverage.objects for f, c in zip(o.index.functions, o.function_counts)}
+    assert counts["worker_task"] == 4 and counts["parent_summary"] == 1

@@ -87,10 +87,6 @@ def program_options(subcommand: str, mode: str, libs: bool = False, objects=()) 
     return ProgramOptions(hit_mode, follow=True, cgroup_start=subcommand == "run", loader_hook=libs or bool(objects))
 
 
-# Kinds of process_events (counter.c).
-EVENT_FORK, EVENT_EXEC, EVENT_LOADER = 1, 2, 3
-
-
 class CounterProgram:
     """The compiled BPF program with its maps. Close it to release every kernel object."""
 
@@ -102,10 +98,9 @@ class CounterProgram:
         self.slots = max(1, slots)
         self.options = options
         self.hit_mode = options.hit_mode
-        hit_mode = options.hit_mode
         source = resources.files("bpfcov.engine").joinpath("counter.c").read_text()
         cflags = [f"-DMAX_PROBES={self.slots}", "-Wno-unused-variable", *extra_cflags]
-        if hit_mode:
+        if self.hit_mode:
             # One 4-byte record per first hit; room for every probe's first hit at once means
             # no first hit is ever dropped, even if user space falls behind.
             need = self.slots * 16
@@ -138,7 +133,7 @@ class CounterProgram:
         self.counts = np.frombuffer(self._mmap, dtype=np.uint64, count=self.slots)
         self._first_hits: list[int] = []
         self._process_events: list[tuple[int, int]] = []
-        if hit_mode:
+        if self.hit_mode:
             self._bpf["first_hits"].open_ring_buffer(self._on_first_hit)
         if options.follow or options.loader_hook:
             self._bpf["process_events"].open_ring_buffer(self._on_process_event)
