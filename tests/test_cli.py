@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
-from conftest import bpfcov, coverage_json, function_counts, target
+from conftest import ROOT, bpfcov, coverage_json, function_counts, target
 
 from bpfcov.cli import COMMANDS
 
@@ -71,20 +74,26 @@ def test_attach_to_missing_pid(tmp_path, bpf):
     one_line_error(bpfcov("attach", "--pid", "999999999", "-o", tmp_path, check=False), "no process with pid")
 
 
-def test_not_root_is_explained(tmp_path):
-    os.chmod(tmp_path, 0o777)  # so that only the missing privilege stands in the way
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", os.sys.executable,
-                             "-m", "bpfcov", "watch", target("O0", "shapes"), "-o", tmp_path / "o",
-                             "--duration", "1"], capture_output=True, text=True, cwd="/",
-                            env=unprivileged_env(tmp_path))
+def test_not_root_is_explained():
+    """Only the missing privilege may stand in the way. The unprivileged user can enter
+    neither the clone (CI may put it in a root-only folder) nor its virtualenv, so it runs
+    the system interpreter on a world-readable copy of the package and of the target: the
+    command line loads no third-party module before it checks for root."""
+    staging = Path(tempfile.mkdtemp(prefix="bpfcov-unprivileged-"))
+    try:
+        shutil.copytree(ROOT / "bpfcov", staging / "bpfcov", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(target("O0", "shapes"), staging / "shapes")
+        (staging / "out").mkdir(mode=0o777)
+        os.chmod(staging / "out", 0o777)
+        os.chmod(staging, 0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}  # nobody cannot write its data
+        env.update(PYTHONPATH=str(staging), XDG_CACHE_HOME=str(staging / "out" / "cache"))
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                                 "-m", "bpfcov", "watch", staging / "shapes", "-o", staging / "out" / "o",
+                                 "--duration", "1"], capture_output=True, text=True, cwd="/", env=env)
+    finally:
+        shutil.rmtree(staging)
     one_line_error(result, "needs root")
-
-
-def unprivileged_env(tmp_path) -> dict:
-    """The environment less coverage.py's measurement, whose data file nobody cannot write."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    return env
 
 
 @pytest.mark.parametrize("content", [b"", b"not a database at all", None])
