@@ -187,11 +187,13 @@ def test_processes_outside_the_trace_never_get_a_breakpoint(bpf, tmp_path):
     outside = subprocess.Popen([shapes, "serve"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "--mode", "count", "--libs", "-o",
                                tmp_path / "out", "--", shapes, "serve"],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert "Tracing" in tracer.stderr.readline().decode()
         tracer.stdin.write(b"circle 1\n")
         tracer.stdin.flush()
+        # Its answer shows it is past its start-up, so every library it maps has its links.
+        assert tracer.stdout.readline() == b"3.142\n"
         traced = _wait_for_child(tracer.pid)
         for where, offset in ((shapes, entries["circle_area"]), (LIBC, malloc)):
             assert _code_byte(traced, where, offset) == 0xCC
