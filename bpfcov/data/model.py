@@ -7,10 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bpfcov.data.status import Mode, Status
+from bpfcov.data.status import Status
 from bpfcov.probes.model import ObjectIndex
-
-MODES = tuple(m.value for m in Mode)
 
 
 @dataclass

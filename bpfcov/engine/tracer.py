@@ -152,9 +152,6 @@ class Tracer:
                     shard.links[pid] = link
         return True
 
-    def attached(self, pid: int, key) -> bool:
-        return any(pid in self.shards[s].links for s in self._object_shards.get(key, ()))
-
     def add_loader_hook(self, pid: int, path: str, offset: int) -> None:
         """Stop process `pid` at the loader's _dl_debug_state (see counter.c)."""
         with self._lock:
