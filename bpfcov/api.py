@@ -107,23 +107,34 @@ def _done(traced, output: str | None) -> Coverage:
     return coverage
 
 
+def _exec_policy(include_paths: Iterable[str], exclude_paths: Iterable[str], all_execs: bool):
+    from bpfcov.engine.execs import ExecPolicy
+    return ExecPolicy.from_options(list(include_paths), list(exclude_paths), all_execs)
+
+
 def run(argv: Sequence[str], *, output: str | None = None, mode: str = "hit", lines: bool = False,
         libs: bool = False, objects: Iterable[str] = (), include: Iterable[str] = (), exclude: Iterable[str] = (),
+        include_paths: Iterable[str] = (), exclude_paths: Iterable[str] = (), all_execs: bool = False,
         duration: float | None = None, quiet: bool = True) -> Coverage:
-    """Run a command and cover it and every process it starts. With `output`, the data file
-    is written there as OUTPUT/bpfcov.db."""
+    """Run a command and cover it and every process it starts. The programs they exec are
+    probed when they lie under `include_paths` (default: the current folder) and not under
+    `exclude_paths`, or all of them with `all_execs`. With `output`, the data file is
+    written there as OUTPUT/bpfcov.db."""
     from bpfcov.engine.targets import trace_command
     traced = trace_command(list(argv), _trace_options(mode, lines, include, exclude, quiet), list(objects), libs,
-                           duration)
+                           duration, execs=_exec_policy(include_paths, exclude_paths, all_execs))
     return _done(traced, output)
 
 
 def attach(pid: int, *, output: str | None = None, mode: str = "hit", lines: bool = False, libs: bool = False,
            objects: Iterable[str] = (), include: Iterable[str] = (), exclude: Iterable[str] = (),
+           include_paths: Iterable[str] = (), exclude_paths: Iterable[str] = (), all_execs: bool = False,
            duration: float | None = None, quiet: bool = True) -> Coverage:
-    """Cover a running process (and the children it forks) until it exits or `duration` ends."""
+    """Cover a running process (and the children it forks, and the programs they exec, as
+    for run) until it exits or `duration` ends."""
     from bpfcov.engine.targets import trace_pid
-    traced = trace_pid(pid, _trace_options(mode, lines, include, exclude, quiet), list(objects), libs, duration)
+    traced = trace_pid(pid, _trace_options(mode, lines, include, exclude, quiet), list(objects), libs, duration,
+                       execs=_exec_policy(include_paths, exclude_paths, all_execs))
     return _done(traced, output)
 
 

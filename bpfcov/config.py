@@ -87,6 +87,9 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "mode": ("mode", _mode),
     "lines": ("lines", _flag),
     "libs": ("libs", _flag),
+    "include-path": ("include_path", _texts),
+    "exclude-path": ("exclude_path", _texts),
+    "all-execs": ("all_execs", _flag),
     "lcov-format": ("lcov_format", _lcov_format),
 }
 

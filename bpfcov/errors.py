@@ -11,6 +11,10 @@ class BpfcovError(Exception):
     exit_status = 1
 
 
+class NoFunctionsError(BpfcovError):
+    """An ELF object with no function symbols to probe (stripped, no debug file found)."""
+
+
 class UsageError(BpfcovError):
     """Options that do not fit together."""
 

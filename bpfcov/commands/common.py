@@ -92,6 +92,18 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", "-q", action="store_true", help="no messages, only errors")
 
 
+def add_exec_options(parser: argparse.ArgumentParser) -> None:
+    """Which programs that the traced processes exec are probed (run, attach)."""
+    group = parser.add_argument_group("programs the trace execs (test runners, scripts)")
+    group.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                       help="probe programs under DIR (repeatable; default: the current folder, "
+                            "system folders such as /usr/bin left out)")
+    group.add_argument("--exclude-path", action="append", default=[], metavar="DIR",
+                       help="never probe programs under DIR (repeatable)")
+    group.add_argument("--all-execs", action="store_true",
+                       help="probe every program the trace execs, shells and compilers included")
+
+
 def check_output_dir(path: str) -> None:
     """Fail before attaching anything if the output folder cannot be written."""
     probe = path
@@ -137,6 +149,13 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
         if run.mode == "hit":
             summary += "; hit mode: counts are lower bounds"
         print(f"bpfcov: {summary}", file=sys.stderr)
+        execs = run.stats.get("execs")
+        if execs and (execs["probed"] or execs["skipped"]):
+            from bpfcov.engine.execs import describe
+            print(f"bpfcov: {describe(execs)}", file=sys.stderr)
+        if not t.functions_measured:
+            print("bpfcov: warning: nothing was probed: a program under the current folder, --include-path DIR, "
+                  "--all-execs or --object PATH says what to cover", file=sys.stderr)
         for path in ([data_file] if data_file else []) + written:
             print(f"bpfcov: wrote {path}", file=sys.stderr)
     if args.fail_under is not None:

@@ -14,6 +14,7 @@ import sys
 
 from bpfcov.commands.common import (
     Command,
+    add_exec_options,
     add_report_options,
     add_trace_options,
     check_output_dir,
@@ -29,8 +30,14 @@ def _options(args, libs: bool):
     from bpfcov.engine.session import TraceOptions
     return TraceOptions(mode=args.mode, lines=args.lines, include=args.include, exclude=args.exclude,
                         debug_dirs=tuple(args.debug_dir), quiet=args.quiet,
-                        spare_slots=spare_slots(args.lines, libs),
+                        spare_slots=spare_slots(args.lines, args.subcommand != "watch"),
                         ends_by_itself=args.subcommand == "run" or bool(getattr(args, "duration", None)))
+
+
+def _exec_policy(args):
+    """Made before compiling starts: its default folder is the current one (see below)."""
+    from bpfcov.engine.execs import ExecPolicy
+    return ExecPolicy.from_options(args.include_path, args.exclude_path, args.all_execs)
 
 
 def _absolute_paths(args) -> None:
@@ -45,6 +52,9 @@ def _absolute_paths(args) -> None:
     args.output = absolute(args.output)
     args.object = [absolute(p) for p in args.object]
     args.debug_dir = [absolute(p) for p in args.debug_dir]
+    for name in ("include_path", "exclude_path"):
+        if hasattr(args, name):
+            setattr(args, name, [absolute(p) for p in getattr(args, name)])
     args.source_root = absolute(args.source_root or here)
     args.relative_to = absolute(args.relative_to)
     if getattr(args, "paths", None):
@@ -63,7 +73,7 @@ def _prepare(args, libs: bool = False) -> tuple[str, ProgramBuilder]:
     check_output_dir(args.output)
     _absolute_paths(args)
     builder = ProgramBuilder(program_options(args.subcommand, args.mode, libs, args.object),
-                             slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, libs))
+                             slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, args.subcommand != "watch"))
     return os.path.join(args.output, "bpfcov.db"), builder
 
 
@@ -81,7 +91,10 @@ def _snapshot_writer(data_file: str):
 class RunCommand(Command):
     """Run a command and cover it and every process it starts, from its first instruction.
 
-    The command's own exit status (or signal) is bpfcov's. Example:
+    Every program the command's processes exec is probed before it runs when it lies
+    under the current folder (or --include-path); a runner such as make, sh or ctest is
+    a launcher. The command's own exit status (or signal) is bpfcov's. Examples:
+      bpfcov run -o out -- make test
       bpfcov run -o out -- ./myprog --flag input.txt
     """
 
@@ -93,6 +106,7 @@ class RunCommand(Command):
                             help="also trace the shared libraries the command maps, including dlopen()ed ones")
         parser.add_argument("--duration", type=positive_float, metavar="S",
                             help="stop tracing after S seconds (the command keeps running)")
+        add_exec_options(parser)
         add_report_options(parser)
         parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                             help="the command to run, after --")
@@ -102,11 +116,12 @@ class RunCommand(Command):
             args.command = args.command[1:]
         if not args.command:
             raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
+        execs = _exec_policy(args)
         data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_command
         traced = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
                                args.interval, _snapshot_writer(data_file), builder,
-                               after=lambda run: write_all(run, args, data_file, args.quiet))
+                               after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
         status = traced.after if traced.coverage is not None else 1
         ending = traced.ending
         assert ending is not None  # run always has one
@@ -136,14 +151,16 @@ class AttachCommand(Command):
         parser.add_argument("--libs", action="store_true", help="also trace the shared libraries it maps")
         parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
         add_trace_options(parser)
+        add_exec_options(parser)
         add_report_options(parser)
 
     def run(self, args) -> int:
+        execs = _exec_policy(args)
         data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_pid
         traced = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration, args.interval,
-                           _snapshot_writer(data_file), builder, after=lambda run: write_all(run, args, data_file,
-                                                                                             args.quiet))
+                           _snapshot_writer(data_file), builder,
+                           after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
         if traced.coverage is None:
             raise BpfcovError("tracing did not start")
         return traced.after

@@ -31,33 +31,40 @@ def merge(runs: list[RunCoverage]) -> RunCoverage:
         ended=max((r.ended for r in runs if r.ended is not None), default=None),
         host=",".join(sorted({r.host for r in runs})), kernel=",".join(sorted({r.kernel for r in runs})),
         lines=lines, complete=all(r.complete for r in runs), bpfcov_version=runs[0].bpfcov_version)
+    merged.objects = merge_objects([obj for run in runs for obj in run.objects], lines)
+    return merged
+
+
+def merge_objects(objects: list[ObjectCoverage], lines: bool) -> list[ObjectCoverage]:
+    """One object per binary (build-id, else path) with the counts of all its copies summed:
+    many runs of it, or one run in which a test runner ran it from several files."""
+    merged: list[ObjectCoverage] = []
     by_key: dict[str, ObjectCoverage] = {}
-    for run in runs:
-        for obj in run.objects:
-            key = object_key(obj)
-            if key not in by_key:
-                by_key[key] = ObjectCoverage(obj.index, obj.function_counts.copy(),
-                                             obj.line_counts.copy() if lines and obj.line_counts is not None else None)
-                if not lines:
-                    by_key[key].index.lines = None
-                merged.objects.append(by_key[key])
-                continue
-            target = by_key[key]
-            position = {f.name: i for i, f in enumerate(target.index.functions)}
-            for i, f in enumerate(obj.index.functions):
-                j = position.get(f.name)
-                if j is None:
-                    raise BpfcovError(f"{obj.index.path}: function {f.name} is missing from another run of "
-                                      "the same build-id; the data files disagree")
-                target.function_counts[j] += obj.function_counts[i]
-            ours, theirs = target.index.lines, obj.index.lines
-            if lines and target.line_counts is not None and obj.line_counts is not None \
-                    and ours is not None and theirs is not None:
-                where = np.searchsorted(ours.address, theirs.address)
-                if len(where) and (where.max() >= len(ours.address) or
-                                   not np.array_equal(ours.address[where], theirs.address)):
-                    raise BpfcovError(f"{obj.index.path}: line probes differ between runs of the same build-id")
-                np.add.at(target.line_counts, where, obj.line_counts)
+    for obj in objects:
+        key = object_key(obj)
+        if key not in by_key:
+            by_key[key] = ObjectCoverage(obj.index, obj.function_counts.copy(),
+                                         obj.line_counts.copy() if lines and obj.line_counts is not None else None)
+            if not lines:
+                by_key[key].index.lines = None
+            merged.append(by_key[key])
+            continue
+        target = by_key[key]
+        position = {f.name: i for i, f in enumerate(target.index.functions)}
+        for i, f in enumerate(obj.index.functions):
+            j = position.get(f.name)
+            if j is None:
+                raise BpfcovError(f"{obj.index.path}: function {f.name} is missing from another run of "
+                                  "the same build-id; the data files disagree")
+            target.function_counts[j] += obj.function_counts[i]
+        ours, theirs = target.index.lines, obj.index.lines
+        if lines and target.line_counts is not None and obj.line_counts is not None \
+                and ours is not None and theirs is not None:
+            where = np.searchsorted(ours.address, theirs.address)
+            if len(where) and (where.max() >= len(ours.address) or
+                               not np.array_equal(ours.address[where], theirs.address)):
+                raise BpfcovError(f"{obj.index.path}: line probes differ between runs of the same build-id")
+            np.add.at(target.line_counts, where, obj.line_counts)
     return merged
 
 

@@ -5,8 +5,9 @@
 // Compile-time settings (passed by the loader with -D):
 //   MAX_PROBES    size of the counts array (the number of probes, at least 1)
 //   HIT_MODE      report a probe's first hit through the `first_hits` ring buffer
-//   FOLLOW        catch the traced processes' new children, and the command's exec when
-//                 CGROUP_START is set, so user space can give each its own links (below)
+//   FOLLOW        catch the traced processes' new children and their execs, and the
+//                 command's exec when CGROUP_START is set, so user space can give each
+//                 its own links (below)
 //   CGROUP_START  a task of the cgroup v2 whose id is in `target_cgroup` that execs while
 //                 not yet traced is the command of `bpfcov run`: catch it
 //   LOADER_HOOK   also build on_loader_event, for the dynamic loader's _dl_debug_state
@@ -122,24 +123,31 @@ TRACEPOINT_PROBE(syscalls, sys_exit_vfork) { catch_newborn(args->ret); return 0;
 
 #ifdef CGROUP_START
 BPF_ARRAY(target_cgroup, u64, 1);
+#endif
 
-// `bpfcov run` starts its command in a cgroup of its own; the command's exec is where its
-// program exists and has not yet run an instruction: stop it there.
+// An exec is where a new program exists and has not yet run an instruction. A traced
+// process that execs (a test runner starting a test) is stopped there, so that user space
+// can probe the program it now runs: its links on libraries follow it across the exec, but
+// the new executable has none. `bpfcov run` also catches its own command here: it starts
+// in a cgroup of its own, and the first exec in it is the command's.
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (traced.lookup(&tgid)) {
+        stop_for_user_space(EVENT_EXEC, tgid);
+        return 0;
+    }
+#ifdef CGROUP_START
     u32 zero = 0;
     u64 *wanted = target_cgroup.lookup(&zero);
     if (!wanted || *wanted != bpf_get_current_cgroup_id())
         return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (traced.lookup(&tgid))
-        return 0;  // its links follow it across exec
     u8 one = 1;
     traced.update(&tgid, &one);
     stop_for_user_space(EVENT_EXEC, tgid);
+#endif
     return 0;
 }
-#endif
 #endif
 
 #ifdef LOADER_HOOK

@@ -23,14 +23,16 @@ if TYPE_CHECKING:
 
 BPF_TRACE_UPROBE_MULTI = 48
 
-# Probe slots kept for objects found during a run with --libs (dlopen).
+# Probe slots kept for objects found during a run: programs the trace execs, libraries
+# (--libs, dlopen).
 SPARE_SLOTS_FUNCTIONS = 1 << 18
 SPARE_SLOTS_LINES = 1 << 21
 
 
-def spare_slots(lines: bool, libs: bool) -> int:
-    """Probe slots to keep for objects that appear during the run."""
-    if not libs:
+def spare_slots(lines: bool, objects_may_appear: bool) -> int:
+    """Probe slots to keep for objects that appear during the run (none for `watch`,
+    which traces only the objects it is given)."""
+    if not objects_may_appear:
         return 0
     return SPARE_SLOTS_LINES if lines else SPARE_SLOTS_FUNCTIONS
 

@@ -36,13 +36,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bpfcov import __version__
+from bpfcov.data.merge import merge_objects
 from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.engine.execs import NO_FUNCTIONS, NOT_INDEXED, ExecPolicy
 from bpfcov.engine.plan import ObjectPlan, plan_object
 from bpfcov.engine.processes import Mapping, executable_mappings
 from bpfcov.engine.program import CounterProgram, ProgramBuilder, ProgramOptions
 from bpfcov.engine.tracer import DEFAULT_SHARD_SIZE, Tracer
 from bpfcov.engine.uprobe_multi import LinkError, check_support
-from bpfcov.errors import BpfcovError
+from bpfcov.errors import BpfcovError, NoFunctionsError
 from bpfcov.probes.index import index_object
 from bpfcov.probes.insn import instruction_length, is_branch, refusal
 from bpfcov.probes.model import LineTable, ObjectIndex, ProbeStatus, name_filter
@@ -137,20 +139,24 @@ def _file_key(fd: int) -> tuple[int, int]:
 class Session:
     def __init__(self, options: TraceOptions, command: list[str], program_options: ProgramOptions,
                  libs: bool = False, cgroup_id: int | None = None, every_process: bool = False,
-                 builder: ProgramBuilder | None = None):
-        """`libs`: probe every ELF file a traced process maps, not only those added ahead.
-        `cgroup_id`: the cgroup whose first exec is `run`'s command. `every_process`: pid-0
-        links for `watch`, on every process that maps the objects. `builder`: a compile the
-        command started early (commands/tracing.py); else one starts now."""
+                 builder: ProgramBuilder | None = None, execs: ExecPolicy | None = None):
+        """`libs`: probe every shared library a traced process maps, not only those added
+        ahead. `execs`: which programs a traced process execs are probed (None: only those
+        added ahead). `cgroup_id`: the cgroup whose first exec is `run`'s command.
+        `every_process`: pid-0 links for `watch`, on every process that maps the objects.
+        `builder`: a compile the command started early (commands/tracing.py); else one
+        starts now."""
         self.options = options
         self.command = command
         self.program_options = program_options
         self.libs = libs
+        self.execs = execs
         self.cgroup_id = cgroup_id
         self.every_process = every_process
         self.objects: dict[tuple[int, int], TracedObject] = {}
-        # What each mapping (device and inode as /proc/PID/maps shows them) turned out to
-        # be: the key of a traced object, or None for a file not traced.
+        # What each mapping (device and inode as /proc/PID/maps shows them, and whether it
+        # is the process's program or a library) turned out to be: the key of a traced
+        # object, or None for a file not traced.
         self._mapping_keys: dict[tuple, tuple[int, int] | None] = {}
         self._loaders: dict[tuple[int, int], tuple[int, int] | None] = {}  # key -> (fd, _dl_debug_state)
         self._wanted = name_filter(options.include, options.exclude) \
@@ -232,26 +238,40 @@ class Session:
                 raise
             self._warn(f"not tracing {name or path}: {e}")
 
-    def _object_for(self, pid: int, mapping: Mapping) -> TracedObject | None:
-        """The traced object a process's mapping is, adopting it if --libs wants it."""
-        if mapping.identity in self._mapping_keys:
-            key = self._mapping_keys[mapping.identity]
+    def _wants(self, mapping: Mapping, is_program: bool) -> bool:
+        """Whether a file no object is known for yet is to be traced: a process's program
+        as the exec policy says, a library when --libs is given."""
+        if not is_program:
+            return self.libs
+        if self.execs is None:
+            return False
+        reason = self.execs.reason_to_skip(mapping.path)
+        if reason is not None:
+            self.execs.count_skipped(reason)
+        return reason is None
+
+    def _object_for(self, pid: int, mapping: Mapping, is_program: bool) -> TracedObject | None:
+        """The traced object a process's mapping is, adopting it if the exec policy or
+        --libs wants it. `is_program`: the mapping is the process's executable."""
+        seen = (mapping.identity, is_program)
+        if seen in self._mapping_keys:
+            key = self._mapping_keys[seen]
             return self.objects.get(key) if key is not None else None
         fd = _open_mapped(pid, mapping)
         if fd is None:
             return None  # unmapped meanwhile: seen again at the next look
         key = _file_key(fd)
         obj = self.objects.get(key)
-        if obj is not None or not self.libs or os.pread(fd, 4, 0) != b"\x7fELF":
+        if obj is not None or os.pread(fd, 4, 0) != b"\x7fELF" or not self._wants(mapping, is_program):
             os.close(fd)
-            self._mapping_keys[mapping.identity] = obj.key if obj is not None else None
+            self._mapping_keys[seen] = obj.key if obj is not None else None
             return obj
         # Read it where the process sees it when that is the same file (debug files are
         # then found beside it), else through the descriptor.
         path = f"/proc/{pid}/root{mapping.path}"
         try:
-            seen = os.stat(path)
-            if (seen.st_dev, seen.st_ino) != key:
+            there = os.stat(path)
+            if (there.st_dev, there.st_ino) != key:
                 path = f"/proc/self/fd/{fd}"
         except OSError:
             path = f"/proc/self/fd/{fd}"
@@ -259,10 +279,17 @@ class Session:
             obj = self._adopt(fd, path, mapping.path)
         except BpfcovError as e:
             os.close(fd)
-            self._mapping_keys[mapping.identity] = None
-            self._warn(f"not tracing {mapping.path}: {e}")
+            self._mapping_keys[seen] = None
+            if is_program and self.execs is not None:
+                # A runner execs many programs; one without symbols is a launcher, said in
+                # the summary rather than in a warning each.
+                self.execs.count_skipped(NO_FUNCTIONS if isinstance(e, NoFunctionsError) else NOT_INDEXED)
+            else:
+                self._warn(f"not tracing {mapping.path}: {e}")
             return None
-        self._mapping_keys[mapping.identity] = key
+        self._mapping_keys[seen] = key
+        if is_program and self.execs is not None:
+            self.execs.probed += 1
         return obj
 
     def _next_probe(self) -> int:
@@ -293,8 +320,12 @@ class Session:
             self._exits.register(self._pidfds[pid], select.POLLIN)
         program, tracer = self._engine
         program.follow(pid)
+        try:
+            program_path = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+        except OSError:
+            return False
         for mapping in executable_mappings(pid):
-            obj = self._object_for(pid, mapping)
+            obj = self._object_for(pid, mapping, mapping.path == program_path)
             if obj is not None and not tracer.attach(pid, obj.key):
                 return False
             if self.program_options.loader_hook and os.path.basename(mapping.path).startswith("ld-"):
@@ -441,11 +472,17 @@ class Session:
         plans = [o.plan for o in self.objects.values() if o.plan is not None]
         functions = sum(int((p.function_probe >= 0).sum()) for p in plans)
         lines = sum(len(p.index.lines) for p in plans if p.index.lines is not None)
-        what = f"{functions:,} functions" + (f" and {lines:,} lines" if self.options.lines else "")
         n = len(plans)
-        more = " and any other library a traced process maps" if self.libs else ""
+        parts = []
+        if n or self.execs is None:
+            what = f"{functions:,} functions" + (f" and {lines:,} lines" if self.options.lines else "")
+            parts.append(f"{what} in {n} object{'s' if n != 1 else ''}")
+        if self.execs is not None:
+            parts.append(self.execs.scope())
+        if self.libs:
+            parts.append("any library a traced process maps")
         end = "" if self.options.ends_by_itself else " Ctrl-C to end."
-        say(self.options, f"Tracing {what} in {n} object{'s' if n != 1 else ''}{more} "
+        say(self.options, f"Tracing {', '.join(parts[:-1]) + ' and ' if len(parts) > 1 else ''}{parts[-1]} "
                           f"({self.options.mode} mode)...{end}")
 
     def coverage(self, counts: np.ndarray, complete: bool) -> RunCoverage:
@@ -466,7 +503,10 @@ class Session:
         return RunCoverage(
             mode=self.options.mode, command=list(self.command), started=self.started,
             ended=self.ended if complete else time.time(), host=socket.gethostname(),
-            kernel=os.uname().release, lines=self.options.lines, objects=objects,
+            kernel=os.uname().release, lines=self.options.lines,
+            # A runner may run one test binary from several files (rebuilt, copied): one
+            # object in the reports, as gcov would sum them.
+            objects=merge_objects(objects, self.options.lines),
             complete=complete, bpfcov_version=__version__, stats=self.stats())
 
     def stats(self) -> dict:
@@ -481,6 +521,7 @@ class Session:
             "probes_left": self._probes_left if self._probes_left is not None else
             (self.tracer.probes_left if self.tracer else 0),
             "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            **({"execs": self.execs.summary()} if self.execs is not None else {}),
         }
 
     def snapshot(self) -> RunCoverage:

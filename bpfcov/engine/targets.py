@@ -2,9 +2,10 @@
 
 - trace_command: `bpfcov run -- CMD`: the command and every process it forks or execs,
   from its first instruction. The command starts in a cgroup of its own, where its exec
-  stops it until its links are in place; its children are caught as they are forked.
+  stops it until its links are in place; its children are caught as they are forked, and
+  every program they exec is probed as the exec policy says (execs.py) before it runs.
 - trace_pid: `bpfcov attach --pid PID`: one live process from now on, and the children it
-  forks from now on.
+  forks (and the programs they exec) from now on.
 - trace_paths: `bpfcov watch PATH…`: every process on the host that maps the objects.
 
 Links carry the pid of each traced process, so no other process on the host traps on a
@@ -30,6 +31,7 @@ from typing import Any
 
 from bpfcov.data.model import RunCoverage
 from bpfcov.engine.cgroup import RunCgroup
+from bpfcov.engine.execs import ExecPolicy
 from bpfcov.engine.processes import executable_of, linked_libraries, process_exists
 from bpfcov.engine.program import program_options, spare_slots
 from bpfcov.engine.session import Session, TraceOptions
@@ -126,18 +128,26 @@ def resolve_command(command: list[str]) -> str:
     return os.path.realpath(path)
 
 
+def _is_elf(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
 def trace_command(command: list[str], options: TraceOptions, objects: list[str], libs: bool,
                   duration: float | None = None, interval: float | None = None,
-                  on_snapshot=None, builder=None, after=None) -> Traced:
+                  on_snapshot=None, builder=None, after=None, execs: ExecPolicy | None = None) -> Traced:
+    """`execs`: which programs the command's processes exec are probed (default: those
+    under the current folder)."""
     executable = resolve_command(command)
-    with open(executable, "rb") as f:
-        is_elf = f.read(4) == b"\x7fELF"
-    if not is_elf and not objects:
-        raise BpfcovError(f"{command[0]} is not an ELF executable (a script?); name the binary to "
-                          "trace with --object PATH")
+    execs = execs or ExecPolicy.from_options()
+    is_elf = _is_elf(executable)
     for path in [executable] * is_elf + objects:
         _check_elf(path)
-    options.spare_slots = spare_slots(options.lines, libs)
+    # The command is a subject when the user named it by its path or the policy takes it;
+    # else (make, sh, a pyenv shim) it is a launcher, and the programs it runs are.
+    named = "/" in command[0]
+    subject = is_elf and (named or execs.reason_to_skip(executable) is None)
+    options.spare_slots = spare_slots(options.lines, objects_may_appear=True)
     cgroup = RunCgroup()
     ending = Ending()
     proc = None
@@ -158,12 +168,11 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
             f.write(str(os.getpid()))
 
     with Session(options, command, program_options("run", options.mode, libs, objects), libs=libs,
-                 cgroup_id=cgroup.id, builder=builder) as session:
+                 cgroup_id=cgroup.id, builder=builder, execs=execs) as session:
         try:
             with Stopper(session.wake, forward) as stopper:
-                if is_elf:
-                    # With --object or --libs, the command may be a mere launcher (a stripped tool).
-                    session.add_object(executable, required=not (objects or libs))
+                if subject:
+                    session.add_object(executable, required=False)
                 for path in objects:
                     session.add_object(path)
                 if libs and is_elf:
@@ -199,13 +208,13 @@ def _after(run: RunCoverage | None, after: Callable[[RunCoverage], Any] | None) 
 
 def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
               duration: float | None = None, interval: float | None = None,
-              on_snapshot=None, builder=None, after=None) -> Traced:
+              on_snapshot=None, builder=None, after=None, execs: ExecPolicy | None = None) -> Traced:
     if pid <= 0 or not process_exists(pid):
         raise BpfcovError(f"no process with pid {pid}")
     executable = executable_of(pid)  # as the process sees it, in its own mount namespace
     for path in objects:
         _check_elf(path)
-    options.spare_slots = spare_slots(options.lines, libs)
+    options.spare_slots = spare_slots(options.lines, objects_may_appear=True)
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -215,7 +224,7 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
         return not select.select([pidfd], [], [], 0)[0]
 
     with Session(options, [f"pid {pid}", executable], program_options("attach", options.mode, libs, objects),
-                 libs=libs, builder=builder) as session:
+                 libs=libs, builder=builder, execs=execs or ExecPolicy.from_options()) as session:
         try:
             with Stopper(session.wake) as stopper:
                 # /proc/PID/exe opens the very file, from any mount namespace.

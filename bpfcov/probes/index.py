@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from bpfcov.errors import BpfcovError
+from bpfcov.errors import BpfcovError, NoFunctionsError
 from bpfcov.probes import cache
 from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.demangle import demangle_all
@@ -122,7 +122,7 @@ def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progr
             progress.update("reading symbols")
             symbols = [s for s in symbols_from.function_symbols() if obj.file_offset(s.address) is not None]
             if not symbols:
-                raise BpfcovError(f"{name}: no function symbols to probe (stripped, with no debug file found)")
+                raise NoFunctionsError(f"{name}: no function symbols to probe (stripped, with no debug file found)")
             rows = None
             progress.update("reading the DWARF line table")
             try:
