@@ -9,13 +9,18 @@ modules=/lib/modules/$kernel
 # Debian packages: bcc's Python module and its tools, the venv module, bpftool for leak
 # checks, compilers for the sample targets, and the oracles the tests compare against
 # (valgrind, lcov/genhtml, gdb, and chromium to render the HTML report); python3.11-dbg is
-# a large binary with full DWARF (the interpreter built with debug info) for tests at scale.
-packages=(python3-bpfcc bpfcc-tools python3-venv python3-dev bpftool gcc g++ make binutils
+# a large binary with full DWARF (the interpreter built with debug info) for tests at scale;
+# cmake for the ctest runner test.
+packages=(python3-bpfcc bpfcc-tools python3-venv python3-dev bpftool gcc g++ make cmake binutils
           valgrind lcov gdb chromium python3.11-dbg)
 
-# A Rust compiler for the Rust sample target: the machine's own if it has one.
+# Rust (rustc for the Rust sample target, cargo for the `cargo test` runner test): the
+# machine's own if it has them.
 if ! command -v rustc >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/rustc" ]; then
     packages+=(rustc)
+fi
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    packages+=(cargo)
 fi
 
 missing=()

@@ -65,22 +65,48 @@ def bpfcov(*args, check: bool = True, timeout: float = 300, **kwargs) -> subproc
 def gcov_counts(binary: str, args: list[str], tmp_path: Path, env: dict | None = None) -> dict[str, int]:
     """The oracle: gcov's call count of every function, running the --coverage build of
     `binary` with `args`. Keys are mangled names, as bpfcov's identities are."""
+    counts: dict[str, int] = {}
+    for per_file in gcov_counts_of([binary, *args], tmp_path, env).values():
+        for name, count in per_file.items():
+            counts[name] = counts.get(name, 0) + count
+    return counts
+
+
+def gcov_counts_of(command: list[str], tmp_path: Path, env: dict | None = None, cwd=None) -> dict[str, dict[str, int]]:
+    """gcov's call counts after `command`, which runs --coverage builds (a runner may run
+    each many times: gcov sums the runs in its .gcda files). Keyed by the .gcda file's path
+    (which names the program it belongs to), then by mangled function name."""
     prefix = tmp_path / "gcov"
     run_env = dict(os.environ, GCOV_PREFIX=str(prefix), **(env or {}))
-    subprocess.run([binary, *args], check=False, capture_output=True, env=run_env, timeout=120)
-    counts: dict[str, int] = {}
+    subprocess.run(command, check=False, capture_output=True, env=run_env, timeout=300, cwd=cwd)
+    found: dict[str, dict[str, int]] = {}
     for gcda in prefix.rglob("*.gcda"):
-        gcno = Path(str(gcda).replace(str(prefix), "", 1)).with_suffix(".gcno")
-        shutil.copy(gcno, gcda.with_suffix(".gcno"))
+        original = str(gcda).replace(str(prefix), "", 1)
+        shutil.copy(Path(original).with_suffix(".gcno"), gcda.with_suffix(".gcno"))
         out = subprocess.run(["gcov", "--json-format", "--stdout", gcda.name], cwd=gcda.parent,
                              capture_output=True, text=True, check=True).stdout
+        counts = found.setdefault(original, {})
         for line in out.splitlines():
             if not line.strip():
                 continue
             for f in json.loads(line)["files"]:
                 for fn in f["functions"]:
                     counts[fn["name"]] = counts.get(fn["name"], 0) + fn["execution_count"]
-    return counts
+    return found
+
+
+def assert_counts_equal_gcov(ours: dict[str, int], oracle: dict[str, int]) -> int:
+    """Every function gcov counted has bpfcov's count; one bpfcov does not know ran never
+    (or is a static constructor gcov names but no symbol does). Returns how many compared."""
+    compared = 0
+    for function, expected in oracle.items():
+        if function in ours:
+            assert ours[function] == expected, f"{function}: bpfcov {ours[function]}, gcov {expected}"
+            compared += 1
+        else:
+            assert expected == 0 or function.startswith("_GLOBAL__"), \
+                f"{function} ran {expected}x but is not in the index"
+    return compared
 
 
 def coverage_json(out_dir: Path) -> dict:

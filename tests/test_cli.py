@@ -63,11 +63,13 @@ def test_command_not_found(tmp_path, bpf):
     one_line_error(bpfcov("run", "-o", tmp_path, "--", "/no/such/program", check=False), "command not found")
 
 
-def test_script_without_object_is_refused(tmp_path, bpf):
+def test_a_script_is_a_launcher_and_its_exit_status_is_passed_on(tmp_path, bpf):
     script = tmp_path / "s.sh"
-    script.write_text("#!/bin/sh\ntrue\n")
+    script.write_text("#!/bin/sh\nexit 3\n")
     script.chmod(0o755)
-    one_line_error(bpfcov("run", "-o", tmp_path / "o", "--", script, check=False), "not an ELF executable")
+    result = bpfcov("run", "-o", tmp_path / "o", "--", script, check=False, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "nothing was probed" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_attach_to_missing_pid(tmp_path, bpf):
