@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,72 @@ def function_counts(report: dict, object_name: str | None = None) -> dict[str, i
     return counts
 
 
-def uprobe_multi_links() -> int:
-    """uprobe_multi links on the machine (bpftool 7.1 prints the type only as its number, 12)."""
-    out = subprocess.run(["bpftool", "link", "list", "-j"], capture_output=True, text=True, check=True).stdout
-    return sum(1 for link in json.loads(out or "[]") if link.get("type") in (12, "uprobe_multi"))
+# -- leak checks that other bpfcov sessions on the machine cannot disturb -------------------
+
+BPF_KINDS = ("link", "prog", "map")
+
+
+def bpf_ids() -> set[tuple[str, int]]:
+    """Every BPF link, program and map on the machine, as (kind, id)."""
+    found = set()
+    for kind in BPF_KINDS:
+        out = subprocess.run(["bpftool", kind, "list", "-j"], capture_output=True, text=True, check=True).stdout
+        found |= {(kind, o["id"]) for o in json.loads(out or "[]")}
+    return found
+
+
+def bpf_holders() -> dict[tuple[str, int], set[int]]:
+    """(kind, id) -> the processes holding a descriptor of it, read from /proc/*/fdinfo."""
+    holders: dict[tuple[str, int], set[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            names = os.listdir(f"/proc/{pid}/fdinfo")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(":")
+                if key in ("link_id", "prog_id", "map_id") and value.strip().isdigit():
+                    holders.setdefault((key[:-3], int(value)), set()).add(int(pid))
+    return holders
+
+
+def our_processes() -> set[int]:
+    """This test process and its descendants."""
+    parent = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    ours = {os.getpid()}
+    grew = True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in ours} - ours
+        ours |= more
+        grew = bool(more)
+    return ours
+
+
+def bpf_leaks(before: set[tuple[str, int]], wait: float = 10.0) -> set[tuple[str, int]]:
+    """The BPF objects made since `before` that this test left: held by this process or a
+    descendant, or by no process at all (pinned, or never released). Objects another bpfcov
+    session holds (another suite on the same machine) are not this test's. The kernel frees
+    a closed object after an RCU grace period, so this waits up to `wait` seconds."""
+    deadline = time.time() + wait
+    while True:
+        holders, ours = bpf_holders(), our_processes()
+        leaks = {o for o in bpf_ids() - before if not holders.get(o) or holders[o] & ours}
+        if not leaks or time.time() >= deadline:
+            return leaks
+        time.sleep(0.1)
+
+
+def bpf_links_held_by(pid: int) -> int:
+    return sum(1 for (kind, _), pids in bpf_holders().items() if kind == "link" and pid in pids)

@@ -15,12 +15,14 @@ import pytest
 from conftest import (
     ROOT,
     assert_counts_equal_gcov,
+    bpf_ids,
+    bpf_leaks,
+    bpf_links_held_by,
     bpfcov,
     coverage_json,
     function_counts,
     gcov_counts,
     target,
-    uprobe_multi_links,
 )
 
 GCOV_CASES = [
@@ -170,19 +172,19 @@ def test_watch_covers_processes_started_after_it(bpf, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_run_saves_everything_and_detaches(bpf, tmp_path, sig):
-    links_before = uprobe_multi_links()
+    before = bpf_ids()
     out = tmp_path / "out"
     tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "-o", out, "--mode", "count", "--",
                                target("O0", "threads"), "2", "2000000000"], stderr=subprocess.PIPE, text=True)
     try:
         assert "Tracing" in tracer.stderr.readline()
         time.sleep(1.0)
-        assert uprobe_multi_links() > links_before
+        assert bpf_links_held_by(tracer.pid) > 0
         tracer.send_signal(sig)
         tracer.wait(timeout=60)
     finally:
         tracer.kill()
-    assert uprobe_multi_links() == links_before
+    assert not bpf_leaks(before)
     counts = function_counts(coverage_json(out))
     assert counts["work"] > 1000 and counts["worker"] == 2
     db = sqlite3.connect(out / "bpfcov.db")

@@ -3,7 +3,6 @@ load, and fuzzed ELF files. Each test states the guarantee it checks."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -12,10 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from conftest import ROOT, bpfcov, coverage_json, function_counts, target, uprobe_multi_links
+from conftest import ROOT, bpf_ids, bpf_leaks, bpfcov, coverage_json, function_counts, target
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,14 +21,6 @@ from bpfcov.errors import BpfcovError
 from bpfcov.probes.index import index_object
 
 REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
-
-
-def bpf_objects() -> tuple[int, int, int]:
-    """(links, programs, maps) on the machine, from bpftool."""
-    def count(kind: str) -> int:
-        out = subprocess.run(["bpftool", kind, "list", "-j"], capture_output=True, text=True, check=True).stdout
-        return len(json.loads(out or "[]"))
-    return count("link"), count("prog"), count("map")
 
 
 # -- faults in the target ------------------------------------------------------------------
@@ -68,7 +58,7 @@ def test_output_passes_through_unchanged(bpf, tmp_path):
 # -- faults in bpfcov ----------------------------------------------------------------------
 
 def test_sighup_saves_and_detaches(bpf, tmp_path):
-    links = uprobe_multi_links()
+    before = bpf_ids()
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "bpfcov", "watch", target("O0", "shapes"), "-o", out],
                             stderr=subprocess.PIPE, text=True)
@@ -78,7 +68,7 @@ def test_sighup_saves_and_detaches(bpf, tmp_path):
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
-    assert uprobe_multi_links() == links
+    assert not bpf_leaks(before)
     assert (out / "bpfcov.db").exists()
 
 
@@ -87,12 +77,12 @@ def test_full_disk_gives_a_clear_error_and_leaves_nothing_attached(bpf, tmp_path
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", mount], check=True)
     try:
-        links = uprobe_multi_links()
+        before = bpf_ids()
         result = bpfcov("run", "-o", mount / "out", "--", target("O0", "inventory"), "list", check=False)
         assert result.returncode == 1
         assert re.search(r"^bpfcov: error: cannot write .*No space left on device", result.stderr, re.M)
         assert "Traceback" not in result.stderr
-        assert uprobe_multi_links() == links
+        assert not bpf_leaks(before)
         assert not [p for p in (mount / "out").iterdir() if p.name.endswith(".tmp")]  # no half file
     finally:
         subprocess.run(["umount", mount])
@@ -101,17 +91,12 @@ def test_full_disk_gives_a_clear_error_and_leaves_nothing_attached(bpf, tmp_path
 def test_hundred_runs_leave_no_links_programs_maps_or_fds(bpf, tmp_path):
     from bpfcov.engine.session import TraceOptions
     from bpfcov.engine.targets import trace_command
-    before = bpf_objects()
+    before = bpf_ids()
     fds = len(os.listdir("/proc/self/fd"))
     for _ in range(100):
         traced = trace_command([target("O0", "shapes"), "fact", "3"], TraceOptions(quiet=True), [], False)
         assert traced.ending.exit_status == 0 and traced.coverage.objects[0].function_counts.max() >= 1
-    # The kernel frees a program (and then its maps) after an RCU grace period, not at
-    # the close of its last fd: give it a moment.
-    deadline = time.time() + 10
-    while bpf_objects() != before and time.time() < deadline:
-        time.sleep(0.1)
-    assert bpf_objects() == before
+    assert not bpf_leaks(before)
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
