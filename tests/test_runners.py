@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,21 @@ def test_copies_of_one_binary_are_one_object(bpf, tmp_path):
     report = coverage_json(out)
     assert len(report["objects"]) == 1
     assert function_counts(report)["factorial"] == 3 + 4  # factorial(n) runs n times
+
+
+def test_attach_follows_the_programs_its_process_runs(bpf, tmp_path):
+    """A running launcher (here a shell waiting for its cue) is attached; the programs it
+    runs afterwards are probed at their exec, as under run."""
+    shell = subprocess.Popen(["sh", "-c", "read cue; ./O0/shapes fact 5; ./O0/shapes fact 2"], cwd=BUILD,
+                             stdin=subprocess.PIPE)
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "attach", "--pid", str(shell.pid), "-o", out,
+                               "--mode", "count"], cwd=BUILD, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Tracing" in tracer.stderr.readline()
+        shell.communicate(b"go\n", timeout=60)
+        assert tracer.wait(timeout=60) == 0
+    finally:
+        shell.kill()
+        tracer.kill()
+    assert function_counts(coverage_json(out), "shapes")["factorial"] == 5 + 2

@@ -227,8 +227,9 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
                  libs=libs, builder=builder, execs=execs or ExecPolicy.from_options()) as session:
         try:
             with Stopper(session.wake) as stopper:
-                # /proc/PID/exe opens the very file, from any mount namespace.
-                session.add_object(f"/proc/{pid}/exe", required=not libs, name=executable)
+                # /proc/PID/exe opens the very file, from any mount namespace. A process
+                # with no symbols is a launcher: what it maps (--libs) and runs is covered.
+                session.add_object(f"/proc/{pid}/exe", required=False, name=executable)
                 for path in objects:
                     session.add_object(path)
                 session.start()
