@@ -236,6 +236,44 @@ def pytest_row(runs: int, tmp: Path) -> dict:
     return {"pytest": summarize(samples["pytest"]), "bpfcov": summarize(samples["bpfcov"]), "probes": stats["probes"]}
 
 
+RUNNER_SCRIPT = """start=$(date +%s.%N)
+i=0
+while [ $i -lt {count} ]; do ./shapes fact 3 >/dev/null; i=$((i + 1)); done
+echo "runner-times: $start $(date +%s.%N)" >&2
+"""
+
+
+def runner_row(count: int, runs: int, tmp: Path) -> dict:
+    """A runner (a shell loop) starting `count` short test processes, each probed at its
+    exec, against the same loop untraced. The loop times itself, so bpfcov's start and
+    reports are left out: what remains is what probing at exec costs each process. The
+    first traced run indexes shapes (a cold cache); the others find it cached."""
+    folder = ROOT / "sample_targets/build/O0"
+    loop = ["sh", "-c", RUNNER_SCRIPT.format(count=count)]
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp / "runner-cache"))
+    shutil.rmtree(tmp / "runner-cache", ignore_errors=True)
+
+    def timed(cmd: list[str]) -> float:
+        result = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise SystemExit(f"bench: runner failed:\n{result.stderr[-2000:]}")
+        start, end = re.search(r"runner-times: ([\d.]+) ([\d.]+)", result.stderr).groups()
+        return float(end) - float(start)
+
+    traced_cmd = BPFCOV + ["run", "-q", "-o", str(tmp / "runner-out"), "--format", "lcov", "--", *loop]
+    cold = timed(traced_cmd)
+    samples: dict[str, list[float]] = {"untraced": [], "traced": []}
+    for _ in range(runs):
+        samples["untraced"].append(timed(loop))
+        samples["traced"].append(timed(traced_cmd))
+    base, traced = statistics.median(samples["untraced"]), statistics.median(samples["traced"])
+    from bpfcov.data import store
+    execs = store.read(str(tmp / "runner-out" / "bpfcov.db")).stats.get("execs", {})
+    return {"processes": count, "untraced": summarize(samples["untraced"]), "traced": summarize(samples["traced"]),
+            "cold_seconds": cold, "ratio": traced / base, "ms_per_process": 1000 * (traced - base) / count,
+            "cold_ms_per_process": 1000 * (cold - base) / count, "execs": execs}
+
+
 def index_rows(tmp: Path) -> list[dict]:
     from bpfcov.probes import cache
     from bpfcov.probes.index import index_object
@@ -387,6 +425,16 @@ def markdown(results: dict) -> str:
               f"({fmt(py['pytest']['min'])}–{fmt(py['pytest']['max'])}); under `bpfcov run --lines --libs` "
               f"({py['probes']:,} probes in the interpreter and its libraries): {fmt(py['bpfcov']['median'])} s "
               f"({fmt(py['bpfcov']['min'])}–{fmt(py['bpfcov']['max'])}), wall time, reports included."]
+    rr = results["runner"]
+    u, t = rr["untraced"], rr["traced"]
+    lines += ["", "## A runner that starts many test processes", "",
+              f"A shell loop running `shapes fact 3` {rr['processes']} times, timed by the loop itself; under "
+              "`bpfcov run` each process is stopped at its exec, probed and continued. Untraced "
+              f"{fmt(u['median'], 3)} s ({fmt(u['min'], 3)}–{fmt(u['max'], 3)}), traced {fmt(t['median'], 3)} s "
+              f"({fmt(t['min'], 3)}–{fmt(t['max'], 3)}), {u['runs']} interleaved runs each: {fmt(rr['ratio'])}×, "
+              f"{fmt(rr['ms_per_process'])} ms more per process with the index cached. The first traced run, "
+              f"which indexes shapes (cold cache): {fmt(rr['cold_seconds'], 3)} s, "
+              f"{fmt(rr['cold_ms_per_process'])} ms more per process."]
     lines += ["", "## Indexing", "", "| object | with lines | functions | line probes | DWARF | cold s | cached s |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["index"]:
@@ -439,6 +487,8 @@ def main() -> None:
                                           runs, tmp)
         print("bench: a test runner with --lines --libs", file=sys.stderr)
         results["pytest"] = pytest_row(1 if args.quick else 3, tmp)
+        print("bench: a runner starting many test processes", file=sys.stderr)
+        results["runner"] = runner_row(20 if args.quick else 200, runs, tmp)
         print("bench: indexing", file=sys.stderr)
         results["index"] = index_rows(tmp)
         print("bench: reports", file=sys.stderr)
