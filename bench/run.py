@@ -341,7 +341,9 @@ def accuracy_rows(n: int, tmp: Path) -> dict:
         for obj in report["objects"]:
             for f in obj["functions"]:
                 names = {f["name"], *f["aliases"], f"0x{f['address']:016x}"}
-                if f["status"] == "hit":
+                # callgrind counts code where it lies: inlined code is its caller's, so
+                # the comparison is of out-of-line copies that were called.
+                if f["count"] > 0:
                     ours.add(f["name"])
                 if names & oracle:
                     theirs.add(f["name"])

@@ -33,5 +33,5 @@ def test_include_and_exclude_match_any_name_of_a_function():
 def test_symbols_json_record_is_the_stored_record_without_probe_internals():
     function = index_object(target("O0", "shapes"), quiet=True).functions[0]
     record = function.to_json()
-    assert set(record) == {f for f in Function.__dataclass_fields__} - {"probe_offset", "probe_note"}
+    assert set(record) == {f for f in Function.__dataclass_fields__} - {"probe_offset", "probe_note", "inlined_offsets"}
     assert isinstance(record["aliases"], list) and isinstance(record["probe"], str)

@@ -47,13 +47,14 @@ def traced_outputs(tmp_path_factory):
 
 
 def lcov_totals_from_json(report: dict) -> tuple[int, int]:
-    """(functions, functions hit) as lcov counts them: measured functions with a source file."""
+    """(functions, functions hit) as lcov counts them: measured functions with a source file,
+    each with its calls and inlined runs."""
     names: dict[tuple[str, str], int] = {}
     for obj in report["objects"]:
         for f in obj["functions"]:
-            if f["file"] is not None and f["status"] != "unmeasured":
+            if f["file"] is not None and f["status"] not in ("unmeasured", "no-code"):
                 key = (f["file"], re.sub(r"[\x00-\x20,\x7f]", "_", f["name"]))
-                names[key] = names.get(key, 0) + f["count"]
+                names[key] = names.get(key, 0) + f["count"] + f["inlined_count"]
     return len(names), sum(1 for c in names.values() if c > 0)
 
 
@@ -215,7 +216,8 @@ def test_source_pages_mark_hit_and_unhit_functions(traced_outputs):
 
 def synthetic_run(lines: bool = False) -> RunCoverage:
     functions = [
-        Function("main", "main", 0x1000, 0x1000, 40, "/src/app.c", 10, 20, (), ProbeStatus.ENTRY, 0x1000),
+        Function("main", "main", 0x1000, 0x1000, 40, "/src/app.c", 10, 20, (), ProbeStatus.ENTRY, 0x1000,
+                 inlined_offsets=((0x1100,),), inlined_instances=1),
         Function("_ZN3app4deadEv", "app::dead()", 0x1040, 0x1040, 300, "/src/app.c", 30, 40,
                  ("_ZN3app4deadEv.localalias",), ProbeStatus.ENTRY, 0x1040),
         Function("helper", "helper", 0x1200, 0x1200, 16, "/src/util/helper.c", 5, 7, (), ProbeStatus.MOVED, 0x1204,
@@ -223,6 +225,12 @@ def synthetic_run(lines: bool = False) -> RunCoverage:
         Function("locked", "locked", 0x1300, 0x1300, 8, None, None, None, (), ProbeStatus.UNMEASURED, None,
                  "first two instructions refused"),
         Function("_start", "_start", 0x900, 0x900, 34, None, None, None, (), ProbeStatus.ENTRY, 0x900),
+        # main also ran 4 times where it was inlined (into a test harness, say).
+        # square exists only inlined, twice; clamp was computed away everywhere.
+        Function("square", "square", 0x1008, 0x1008, 12, "/src/util/helper.c", 20, None, (), ProbeStatus.INLINED,
+                 None, out_of_line=False, inlined_offsets=((0x1008,), (0x1044, 0x1050)), inlined_instances=2),
+        Function("clamp", "clamp", 0, 0, 0, "/src/util/helper.c", 30, None, (), ProbeStatus.NO_CODE, None,
+                 "inlined everywhere and computed away", out_of_line=False),
     ]
     table = None
     line_counts = None
@@ -236,7 +244,8 @@ def synthetic_run(lines: bool = False) -> RunCoverage:
     index = ObjectIndex("/bin/app", "abc123", functions, table, [], None)
     return RunCoverage(mode="count", command=["/bin/app", "--flag"], started=1_700_000_000.0,
                        ended=1_700_000_002.5, host="testhost", kernel="6.18", lines=lines,
-                       objects=[ObjectCoverage(index, np.array([1, 0, 7, 0, 1], dtype=np.int64), line_counts)],
+                       objects=[ObjectCoverage(index, np.array([1, 0, 7, 0, 1, 0, 0], dtype=np.int64), line_counts,
+                                               np.array([4, 0, 0, 0, 0, 9, 0], dtype=np.int64))],
                        bpfcov_version="test")
 
 
@@ -252,10 +261,11 @@ def test_golden_lcov_and_json(tmp_path, lines):
         assert produced.read_text() == golden.read_text(), f"{produced.name} differs from {golden}"
 
 
-def test_unmeasured_functions_are_not_written_as_dead():
+def test_unmeasured_and_no_code_functions_are_not_written_as_dead():
     report = build_report(synthetic_run())
     t = report.totals
-    assert (t.functions, t.functions_hit, t.functions_unmeasured) == (5, 3, 1)
+    assert (t.functions, t.functions_hit, t.functions_unmeasured, t.functions_no_code) == (7, 4, 1, 1)
+    assert t.functions_measured == 5
     assert t.dead_bytes == 300  # only app::dead()
 
 

@@ -141,6 +141,8 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
                    f"({t.function_percent:.1f}%), {unhit:,} never executed ({t.dead_bytes:,} bytes)")
         if t.functions_unmeasured:
             summary += f", {t.functions_unmeasured:,} unmeasured"
+        if t.functions_no_code:
+            summary += f", {t.functions_no_code:,} inlined and computed away (no code)"
         moved = sum(f.probe is ProbeStatus.MOVED for o in run.objects for f in o.index.functions)
         if moved:
             summary += f", {moved:,} probed past an entry instruction uprobes refuse (moved)"

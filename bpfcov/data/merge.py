@@ -44,19 +44,22 @@ def merge_objects(objects: list[ObjectCoverage], lines: bool) -> list[ObjectCove
         key = object_key(obj)
         if key not in by_key:
             by_key[key] = ObjectCoverage(obj.index, obj.function_counts.copy(),
-                                         obj.line_counts.copy() if lines and obj.line_counts is not None else None)
+                                         obj.line_counts.copy() if lines and obj.line_counts is not None else None,
+                                         obj.inlined().copy())
             if not lines:
                 by_key[key].index.lines = None
             merged.append(by_key[key])
             continue
         target = by_key[key]
         position = {f.name: i for i, f in enumerate(target.index.functions)}
+        their_inlined = obj.inlined()
         for i, f in enumerate(obj.index.functions):
             j = position.get(f.name)
             if j is None:
                 raise BpfcovError(f"{obj.index.path}: function {f.name} is missing from another run of "
                                   "the same build-id; the data files disagree")
             target.function_counts[j] += obj.function_counts[i]
+            target.inlined_counts[j] += their_inlined[i]  # type: ignore[index]  # set just above
         ours, theirs = target.index.lines, obj.index.lines
         if lines and target.line_counts is not None and obj.line_counts is not None \
                 and ours is not None and theirs is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bpfcov.data.status import Status
-from bpfcov.probes.model import ObjectIndex
+from bpfcov.probes.model import ObjectIndex, ProbeStatus
 
 
 @dataclass
@@ -17,34 +17,49 @@ class ObjectCoverage:
 
     The one rule for "executed", which every report, `diff` and `merge` go by: a function
     ran when its entry probe counted a hit, or when any line inside it did (its entry may
-    have been probed late, or moved). Its count is its entry's, the calls; only when the
-    entry counted none does its busiest line's count stand in. Unmeasured functions are
-    never called unexecuted."""
+    have been probed late, or moved), or when any of its inlined instances ran. Its count
+    is its calls plus its inlined instances' runs: the calls are its entry's count, and
+    only when the entry counted none does its busiest line's count stand in. A function
+    is called unexecuted only when every place its code can run from was probed:
+    otherwise it is unmeasured; one the compiler left no code of is no-code."""
 
     index: ObjectIndex
     function_counts: np.ndarray              # int64, one per index.functions: hits at the entry
     line_counts: np.ndarray | None = None    # int64, one per index.lines row
-    _executed: np.ndarray | None = field(default=None, repr=False, compare=False)
+    inlined_counts: np.ndarray | None = None  # int64, one per function: its inlined instances' runs
+    _calls: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    def executed_counts(self) -> np.ndarray:
+    def call_counts(self) -> np.ndarray:
         """Per function: the entry's count, or its busiest line's when the entry has none."""
-        if self._executed is None:
+        if self._calls is None:
             counts = np.asarray(self.function_counts, dtype=np.int64)
             lines = self.index.lines
             if lines is not None and self.line_counts is not None and len(self.line_counts):
                 busiest = np.zeros(len(counts), dtype=np.int64)
                 np.maximum.at(busiest, lines.function.astype(np.int64), self.line_counts.astype(np.int64))
                 counts = np.where(counts > 0, counts, busiest)
-            self._executed = counts
-        return self._executed
+            self._calls = counts
+        return self._calls
+
+    def inlined(self) -> np.ndarray:
+        if self.inlined_counts is None:
+            return np.zeros(len(self.index.functions), dtype=np.int64)
+        return np.asarray(self.inlined_counts, dtype=np.int64)
+
+    def executed_counts(self) -> np.ndarray:
+        """Per function: its calls plus its inlined instances' runs."""
+        return self.call_counts() + self.inlined()
 
     def function_count(self, i: int) -> int:
         return int(self.executed_counts()[i])
 
     def function_status(self, i: int) -> Status:
-        if not self.index.functions[i].measured:
-            return Status.UNMEASURED
-        return Status.HIT if self.executed_counts()[i] > 0 else Status.UNHIT
+        f = self.index.functions[i]
+        if self.call_counts()[i] > 0 or (self.inlined_counts is not None and self.inlined_counts[i] > 0):
+            return Status.HIT
+        if f.probe is ProbeStatus.NO_CODE:
+            return Status.NO_CODE
+        return Status.UNHIT if f.fully_measured else Status.UNMEASURED
 
 
 @dataclass

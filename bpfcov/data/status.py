@@ -24,3 +24,4 @@ class Status(enum.StrEnum):
     HIT = "hit"                # it ran
     UNHIT = "unhit"            # it was probed and never ran: dead, as far as this run knows
     UNMEASURED = "unmeasured"  # it could not be probed: never to be called dead
+    NO_CODE = "no-code"        # the compiler left no code of it (its callers still use its source)

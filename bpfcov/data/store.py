@@ -25,6 +25,7 @@ from bpfcov.errors import BpfcovError
 from bpfcov.probes.model import (
     FUNCTION_COLUMNS,
     FUNCTION_FIELDS,
+    STORED_DEFAULTS,
     LineTable,
     ObjectIndex,
     function_from_record,
@@ -32,14 +33,16 @@ from bpfcov.probes.model import (
 )
 
 FORMAT = "bpfcov"
-SCHEMA = 1
+# 2: inlined instances (a function's inlined_* fields, and the runs of its instances).
+# Files of schema 1 are read with those left empty.
+SCHEMA = 2
 
 _DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE objects (id INTEGER PRIMARY KEY, path TEXT NOT NULL, build_id TEXT,
                       debug_file TEXT, warnings TEXT NOT NULL);
 CREATE TABLE functions (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, {FUNCTION_COLUMNS},
-                        count INTEGER NOT NULL, PRIMARY KEY (object_id, idx));
+                        count INTEGER NOT NULL, inlined_count INTEGER NOT NULL, PRIMARY KEY (object_id, idx));
 CREATE TABLE line_files (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL,
                          PRIMARY KEY (object_id, idx));
 CREATE TABLE lines (object_id INTEGER NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -91,9 +94,9 @@ def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
         db.execute("INSERT INTO objects VALUES (?, ?, ?, ?, ?)",
                    (object_id, ix.path, ix.build_id, ix.debug_file, json.dumps(ix.warnings)))
         db.executemany(
-            f"INSERT INTO functions VALUES ({', '.join('?' * (len(FUNCTION_FIELDS) + 3))})",
-            ((object_id, i, *function_record(f), int(c))
-             for i, (f, c) in enumerate(zip(ix.functions, obj.function_counts.tolist()))))
+            f"INSERT INTO functions VALUES ({', '.join('?' * (len(FUNCTION_FIELDS) + 4))})",
+            ((object_id, i, *function_record(f), int(c), int(n))
+             for i, (f, c, n) in enumerate(zip(ix.functions, obj.function_counts.tolist(), obj.inlined().tolist()))))
         if ix.lines is not None:
             t = ix.lines
             db.executemany("INSERT INTO line_files VALUES (?, ?, ?)",
@@ -134,14 +137,19 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
         ended=float(meta["ended"]) if meta["ended"] else None, host=meta["host"], kernel=meta["kernel"],
         lines=meta["lines"] == "1", complete=meta["complete"] == "1", bpfcov_version=meta["bpfcov_version"],
         stats=json.loads(meta.get("stats") or "{}"))
+    # A file of an older schema lacks the newer columns: they take the defaults of the record.
+    present = {row[1] for row in db.execute("PRAGMA table_info(functions)")}
+    columns = ", ".join(name if name in present else repr(STORED_DEFAULTS[name]) for name in FUNCTION_FIELDS)
+    inlined_column = "inlined_count" if "inlined_count" in present else "0"
     for object_id, path, build_id, debug_file, warnings in db.execute(
             "SELECT id, path, build_id, debug_file, warnings FROM objects ORDER BY id"):
-        functions, counts = [], []
-        for *values, count in db.execute(
-                f"SELECT {', '.join(FUNCTION_FIELDS)}, count FROM functions WHERE object_id = ? ORDER BY idx",
+        functions, counts, inlined = [], [], []
+        for *values, count, runs in db.execute(
+                f"SELECT {columns}, count, {inlined_column} FROM functions WHERE object_id = ? ORDER BY idx",
                 (object_id,)):
             functions.append(function_from_record(values))
             counts.append(count)
+            inlined.append(runs)
         lines, line_counts = None, None
         if run.lines:
             files = [p for (p,) in db.execute(
@@ -154,5 +162,6 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
                               np.array(cols[4], dtype=np.int32))
             line_counts = np.array(cols[5], dtype=np.int64)
         index = ObjectIndex(path, build_id, functions, lines, json.loads(warnings), debug_file)
-        run.objects.append(ObjectCoverage(index, np.array(counts, dtype=np.int64), line_counts))
+        run.objects.append(ObjectCoverage(index, np.array(counts, dtype=np.int64), line_counts,
+                                          np.array(inlined, dtype=np.int64)))
     return run

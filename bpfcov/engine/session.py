@@ -411,7 +411,8 @@ class Session:
 
         A function's entry moves to its next instruction, which runs exactly when the
         entry does, if the entry is not a branch; a line probe is dropped (its line is then
-        not reported, rather than reported unexecuted). Called by the tracer."""
+        not reported, rather than reported unexecuted), and so is an inlined instance's (its
+        function is then unmeasured unless something of it ran). Called by the tracer."""
         obj, plan = self._owner(probe)
         moved = None
         entries = np.flatnonzero(plan.function_probe == probe)
@@ -440,6 +441,13 @@ class Session:
             functions[i] = dataclasses.replace(
                 f, probe=ProbeStatus.MOVED if moved is not None else ProbeStatus.UNMEASURED, probe_offset=moved,
                 probe_note=f"{note}; probed at +{moved - f.offset}" if moved is not None else note)
+        # An inlined instance that lost a probe may run unseen: its function's "never
+        # executed" is unsure, so count the instance unmeasured.
+        dropped = [p for p in refused if self.refusals[p] is None]
+        hurt = np.unique(plan.instance_of_probe[np.isin(plan.instance_probe, dropped)])
+        for fi, n in zip(*np.unique(plan.instance_function[hurt], return_counts=True)):
+            f = functions[int(fi)]
+            functions[int(fi)] = dataclasses.replace(f, inlined_unmeasured=f.inlined_unmeasured + int(n))
         keep = None
         lines = index.lines
         if lines is not None and plan.line_probe is not None:
@@ -499,7 +507,7 @@ class Session:
                 lp = plan.line_probe if kept_lines is None else plan.line_probe[kept_lines]
                 lcounts = np.where(lp >= 0, counts[np.maximum(lp, 0)].astype(np.int64), 0) if len(lp) \
                     else np.zeros(0, dtype=np.int64)
-            objects.append(ObjectCoverage(index, fcounts, lcounts))
+            objects.append(ObjectCoverage(index, fcounts, lcounts, plan.inlined_runs(counts)))
         return RunCoverage(
             mode=self.options.mode, command=list(self.command), started=self.started,
             ended=self.ended if complete else time.time(), host=socket.gethostname(),

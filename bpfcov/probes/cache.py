@@ -23,7 +23,8 @@ from bpfcov.probes.model import LineTable, ObjectIndex, function_from_record, fu
 
 # 3: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches),
 # and avoid VEX instructions the kernel would misemulate. 4: functions as probes/model.py records them.
-SCHEMA = 4
+# 5: inlined instances (probes/inlines.py), and functions that exist only inlined.
+SCHEMA = 5
 
 
 def cache_dir() -> str:

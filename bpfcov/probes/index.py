@@ -4,11 +4,14 @@
 
 Steps: validate the ELF; take function symbols (from separate debug info when the object
 is stripped); fold aliases; locate each function in the source through the line table;
-decode each probe site; demangle. The result is cached per object (see cache.py).
+decode each probe site; demangle; add the code the compiler inlined (inlines.py). The
+result is cached per object (see cache.py).
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import os
 
 import numpy as np
@@ -19,7 +22,8 @@ from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.demangle import demangle_all
 from bpfcov.probes.dwarf import DwarfUnreadable, LineRows, read_line_rows
 from bpfcov.probes.elf import ElfObject, Symbol
-from bpfcov.probes.insn import find_probe_site, is_probeable
+from bpfcov.probes.inlines import InlinesUnavailable, SourceFunction, read_inlined
+from bpfcov.probes.insn import decode_function, find_probe_site, is_probeable
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 from bpfcov.progress import Progress
 
@@ -102,6 +106,113 @@ def _line_table(obj: ElfObject, rows: LineRows, functions: list[Function]) -> Li
     )
 
 
+class _InstanceSites:
+    """Where to probe an inlined instance: at its entry, at the start of each of its other
+    address ranges, and at each address inside its ranges that a jump goes to, so that no
+    run of its code passes no probe (docs/inlined-functions.md). Each such point must be
+    the start of an instruction of the function it lies in (decoded from that function's
+    start); where uprobes refuse its instruction, the probe goes to the next one, by the
+    rules function entries follow."""
+
+    def __init__(self, obj: ElfObject, functions: list[Function]):
+        self.obj = obj
+        self.functions = functions  # sorted by address
+        self.starts = [f.address for f in functions]
+        self._decoded: dict[int, tuple[set[int], set[int]]] = {}
+
+    def _decode(self, address: int) -> tuple[set[int], set[int]] | None:
+        """The instruction starts and jump targets of the function holding `address`."""
+        i = bisect.bisect_right(self.starts, address) - 1
+        if i < 0 or address >= self.functions[i].address + self.functions[i].size:
+            return None  # code outside every symbol: no way to check the boundary
+        if i not in self._decoded:
+            f = self.functions[i]
+            self._decoded[i] = decode_function(self.obj.read_at(f.offset, f.size), f.address)
+        return self._decoded[i]
+
+    def points(self, entry: int, ranges: tuple[tuple[int, int], ...]) -> list[int]:
+        """The addresses to watch, entry first."""
+        points = [entry] + [low for low, _ in ranges]
+        decoded = self._decode(ranges[0][0])
+        if decoded is not None:
+            points += sorted(t for t in decoded[1] if any(low < t < high for low, high in ranges))
+        return list(dict.fromkeys(points))
+
+    def offset(self, address: int) -> int | None:
+        decoded = self._decode(address)
+        offset = self.obj.file_offset(address)
+        if decoded is None or address not in decoded[0] or offset is None:
+            return None
+        site = find_probe_site(self.obj.read_at(offset, 32), address)
+        return self.obj.file_offset(site.address) if site.address is not None else None
+
+
+def _with_inlined(obj: ElfObject, functions: list[Function], sources: list[SourceFunction]) -> list[Function]:
+    """`functions` (from the symbols, sorted by address) with the code the compiler
+    inlined: each source function's instances go to its out-of-line copy of the same name,
+    and a source function with no such copy becomes a function of its own, after the
+    others: probed at its instances, or `no-code` when the compiler left none."""
+    sites = _InstanceSites(obj, functions)
+    by_name = {n: i for i, f in enumerate(functions) for n in (f.name, *f.aliases)}
+    out = list(functions)
+    extra: list[Function] = []
+    taken = set(by_name)
+    mangled = [s.name for s in sources if s.name.startswith(("_Z", "_R"))]
+    pretty = demangle_all(mangled) if mangled else {}
+    for source in sources:
+        probed: list[tuple[int, ...]] = []
+        unmeasured = 0
+        for instance in source.instances:
+            offsets = [sites.offset(point) for point in sites.points(instance.entry, instance.ranges)]
+            kept = tuple(dict.fromkeys(o for o in offsets if o is not None))
+            if kept:
+                probed.append(kept)
+            # Unsure when a path into it has no probe, or when its entry lies outside its
+            # own ranges: then the call begins in the caller's instructions, gcc has merged
+            # some of it into the caller's code, and on some paths none of its own
+            # instructions run when it is called (sqlite's dupedExprStructSize).
+            merged = instance.entry_pc and not any(low <= instance.entry < high for low, high in instance.ranges)
+            unmeasured += None in offsets or merged
+        # An instance with no code of its own may still have run: the compiler can merge
+        # its instructions into the caller's (a load shared with another), and then
+        # nothing tells. Only a function all of whose instances are like that, with no
+        # out-of-line copy, has truly no code (no-code).
+        unmeasured += source.folded if source.instances or source.copies else 0
+        guessed = sum(not instance.entry_pc for instance in source.instances)
+        # docs/inlined-functions.md: without DW_AT_entry_pc the first range's start stands
+        # in, and nothing says every path into the instance passes there.
+        caveat = f"{guessed} of its inlined instances have no DW_AT_entry_pc; each is probed at the start " \
+                 "of its first address range" if guessed else ""
+        owner = by_name.get(source.name)
+        if owner is not None and functions[owner].address in source.copies:
+            if source.instances or source.folded:
+                f = out[owner]
+                out[owner] = dataclasses.replace(
+                    f, inlined_offsets=tuple(probed), inlined_instances=len(source.instances),
+                    inlined_unmeasured=unmeasured,
+                    probe_note="; ".join(filter(None, (f.probe_note, caveat))))
+            continue
+        if not source.instances and source.copies:
+            continue  # only out-of-line copies (clones such as foo.part.0): their symbols say it all
+        name = source.name
+        if name in taken:  # a static function of the same name elsewhere
+            name = f"{name}@{os.path.basename(source.decl_file or '?')}:{source.decl_line}"
+        taken.add(name)
+        if source.instances:
+            address = min(instance.entry for instance in source.instances)
+            probe = ProbeStatus.INLINED if probed else ProbeStatus.UNMEASURED
+            note = caveat if probed else "no inlined instance has a safe place to probe"
+        else:
+            address, probe, note = 0, ProbeStatus.NO_CODE, "inlined everywhere and computed away"
+        extra.append(Function(
+            name=name, display_name=pretty.get(source.name, source.plain_name), address=address,
+            offset=obj.file_offset(address) or 0, size=sum(instance.size for instance in source.instances),
+            file=source.decl_file, line=source.decl_line, end_line=None, probe=probe, probe_note=note,
+            out_of_line=False, inlined_offsets=tuple(probed), inlined_instances=len(source.instances),
+            inlined_unmeasured=unmeasured))
+    return out + extra
+
+
 def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progress: Progress) -> ObjectIndex:
     """The index of the object read at `path`, called `name` in messages and reports."""
     warnings: list[str] = []
@@ -153,6 +264,13 @@ def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progr
             if lines:
                 progress.update("building line probes")
                 table = _line_table(obj, rows, functions) if rows is not None else LineTable.empty()
+            if dwarf_from.has_dwarf():
+                progress.update("reading inlined functions")
+                try:
+                    functions = _with_inlined(obj, functions, read_inlined(dwarf_from.path))
+                except InlinesUnavailable as e:
+                    warnings.append(f"{name}: inlined code is not indexed ({e}); functions inlined at -O2 "
+                                    "may be reported never executed")
         finally:
             if debug_obj is not None:
                 debug_obj.close()

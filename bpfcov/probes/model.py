@@ -20,6 +20,8 @@ class ProbeStatus(enum.StrEnum):
     ENTRY = "entry"            # probed at its first instruction
     MOVED = "moved"            # first instruction refused by uprobes; probed at the second
     UNMEASURED = "unmeasured"  # no safe place to probe: never to be reported as dead
+    INLINED = "inlined"        # no out-of-line copy: probed where it was inlined
+    NO_CODE = "no-code"        # inlined everywhere and computed away: nothing of it can run
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +38,24 @@ class Function:
     probe: ProbeStatus = ProbeStatus.ENTRY
     probe_offset: int | None = None  # file offset where the probe goes; None if unmeasured
     probe_note: str = ""             # why the probe was moved, or why it is unmeasured
+    # Where the compiler inlined it (probes/inlines.py). Each probed instance has a probe at
+    # its entry, then one at the start of each of its other address ranges: the compiler
+    # may copy an instance's code onto several paths, and the entry lies on only one.
+    out_of_line: bool = True               # False when only inlined copies exist (no symbol)
+    inlined_offsets: tuple[tuple[int, ...], ...] = ()  # per probed instance: file offsets, entry first
+    inlined_instances: int = 0             # instances with code, probed or not
+    inlined_unmeasured: int = 0            # instances with no safe place to probe
 
     @property
     def measured(self) -> bool:
-        return self.probe is not ProbeStatus.UNMEASURED
+        """Whether bpfcov can tell if it ran: somewhere of it is probed."""
+        return self.probe not in (ProbeStatus.UNMEASURED, ProbeStatus.NO_CODE) or bool(self.inlined_offsets)
+
+    @property
+    def fully_measured(self) -> bool:
+        """Whether every place its code can run from is probed, so that no hit means it never ran."""
+        entry_ok = self.probe in (ProbeStatus.ENTRY, ProbeStatus.MOVED, ProbeStatus.INLINED)
+        return entry_ok and self.inlined_unmeasured == 0
 
     def to_json(self) -> dict:
         """The record of `bpfcov symbols --json`: every field but where and why the probe moved."""
@@ -47,6 +63,7 @@ class Function:
         for internal in ("probe_offset", "probe_note"):
             del record[internal]
         record["aliases"] = list(self.aliases)
+        del record["inlined_offsets"]
         return record
 
 
@@ -55,18 +72,29 @@ class Function:
 # field's SQL column type. Derived from the dataclass, so a new field is stored everywhere.
 FUNCTION_FIELDS = tuple(f.name for f in dataclasses.fields(Function))
 _SQL_TYPES = {"str": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "str | None": "TEXT", "int | None": "INTEGER",
-              "tuple[str, ...]": "TEXT NOT NULL", "ProbeStatus": "TEXT NOT NULL"}
+              "tuple[str, ...]": "TEXT NOT NULL", "tuple[tuple[int, ...], ...]": "TEXT NOT NULL",
+              "ProbeStatus": "TEXT NOT NULL",
+              "bool": "INTEGER NOT NULL"}
+_TUPLES = tuple(f.name for f in dataclasses.fields(Function) if str(f.type).startswith("tuple["))
+_BOOLS = tuple(f.name for f in dataclasses.fields(Function) if str(f.type) == "bool")
+# The stored form of each field's default, for records written before the field existed.
+STORED_DEFAULTS = {f.name: json.dumps(list(f.default)) if isinstance(f.default, tuple)
+                   else f.default.value if isinstance(f.default, enum.Enum) else f.default
+                   for f in dataclasses.fields(Function) if f.default is not dataclasses.MISSING}
 FUNCTION_COLUMNS = ", ".join(f"{f.name} {_SQL_TYPES[str(f.type)]}" for f in dataclasses.fields(Function))
 
 
 def function_record(f: Function) -> tuple:
-    return tuple(json.dumps(list(value)) if name == "aliases" else value.value if name == "probe" else value
+    return tuple(json.dumps(list(value)) if name in _TUPLES else value.value if name == "probe" else value
                  for name, value in ((name, getattr(f, name)) for name in FUNCTION_FIELDS))
 
 
 def function_from_record(values) -> Function:
     fields = dict(zip(FUNCTION_FIELDS, values))
-    fields["aliases"] = tuple(json.loads(fields["aliases"]))
+    for name in _TUPLES:
+        fields[name] = tuple(tuple(v) if isinstance(v, list) else v for v in json.loads(fields[name]))
+    for name in _BOOLS:
+        fields[name] = bool(fields[name])
     fields["probe"] = ProbeStatus(fields["probe"])
     return Function(**fields)
 

@@ -18,12 +18,18 @@ class FunctionRow:
     file: str | None         # as reported (after --path-map / --relative-to)
     line: int | None
     end_line: int | None
-    count: int
-    status: str              # "hit" | "unhit" | "unmeasured"
+    count: int               # calls plus inlined instances' runs (lcov's FNDA)
+    status: str              # "hit" | "unhit" | "unmeasured" | "no-code"
     aliases: tuple[str, ...]
-    probe: str               # "entry" | "moved" | "unmeasured"
+    probe: str               # "entry" | "moved" | "unmeasured" | "inlined" | "no-code"
     probe_note: str
     anchor: str = ""         # id of this function in the HTML report
+    inlined_instances: int = 0  # places the compiler inlined it
+    inlined_count: int = 0      # runs of those instances (the rest of `count` are calls)
+
+    @property
+    def calls(self) -> int:
+        return self.count - self.inlined_count
 
 
 @dataclass
@@ -66,13 +72,14 @@ class Totals:
     functions: int = 0
     functions_hit: int = 0
     functions_unmeasured: int = 0
+    functions_no_code: int = 0
     dead_bytes: int = 0
     lines: int = 0
     lines_hit: int = 0
 
     @property
     def functions_measured(self) -> int:
-        return self.functions - self.functions_unmeasured
+        return self.functions - self.functions_unmeasured - self.functions_no_code
 
     @property
     def function_percent(self) -> float:

@@ -67,14 +67,15 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 key = (path, line)
                 # A line with several addresses ran as often as its busiest address.
                 line_rows[key] = max(line_rows.get(key, 0), count)
+        executed, inlined = obj.executed_counts(), obj.inlined()  # the one rule: data/model.py
         for fi, f in enumerate(index.functions):
-            count = obj.function_count(fi)  # the one rule for "executed": data/model.py
+            count = int(executed[fi])
             status = obj.function_status(fi)
             row = FunctionRow(
                 object_path=index.path, name=f.name, display_name=f.display_name, address=f.address,
                 size=f.size, file=rewrite_path(f.file, options), line=f.line, end_line=f.end_line,
                 count=count, status=status, aliases=f.aliases, probe=f.probe.value, probe_note=f.probe_note,
-                anchor=_anchor(oi, fi))
+                anchor=_anchor(oi, fi), inlined_instances=f.inlined_instances, inlined_count=int(inlined[fi]))
             if not wanted(row):
                 continue
             rows.append(row)
@@ -83,9 +84,11 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 totals.functions_hit += 1
             elif status == "unmeasured":
                 totals.functions_unmeasured += 1
+            elif status == "no-code":
+                totals.functions_no_code += 1
             else:
                 totals.dead_bytes += row.size
-            if row.file is not None and row.line is not None and status != "unmeasured":
+            if row.file is not None and row.line is not None and status not in ("unmeasured", "no-code"):
                 source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
                 source.functions.append(row)
                 if not run.lines:

@@ -95,7 +95,9 @@ def pages(report: Report, sources: SourceReader):
                  key=lambda f: (-f.count, f.display_name))
     files = [FileSummary(s.path, page_of[s.path], len(s.functions), s.functions_hit, s.dead_bytes,
                          len(s.lines), sum(1 for c in s.lines.values() if c > 0)) for s in report.files]
-    objects = [ObjectSummary(o.path, o.build_id, len(o.functions), sum(f.status == "hit" for f in o.functions),
+    # A no-code function has nothing to run: it is neither executed nor not.
+    objects = [ObjectSummary(o.path, o.build_id, sum(f.status != "no-code" for f in o.functions),
+                             sum(f.status == "hit" for f in o.functions),
                              sum(f.status == "unmeasured" for f in o.functions), o.dead_bytes, o.total_bytes,
                              o.warnings) for o in report.objects]
 

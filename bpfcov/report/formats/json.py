@@ -37,14 +37,17 @@ def as_dict(report: Report) -> dict:
 
 
 def function_json(f) -> dict:
-    """One function's record (a FunctionRow), as coverage.json and the API give it."""
+    """One function's record (a FunctionRow), as coverage.json and the API give it: `count`
+    is its out-of-line calls, `inlined_count` the runs of its `inlined_instances`."""
     return {"name": f.name, "display_name": f.display_name, "address": f.address, "size": f.size,
-            "file": f.file, "line": f.line, "count": f.count, "status": f.status, "aliases": list(f.aliases)}
+            "file": f.file, "line": f.line, "count": f.calls, "status": f.status, "aliases": list(f.aliases),
+            "inlined_instances": f.inlined_instances, "inlined_count": f.inlined_count}
 
 
 def totals_json(t) -> dict:
     return {"functions": t.functions, "functions_hit": t.functions_hit,
-            "functions_unmeasured": t.functions_unmeasured, "dead_bytes": t.dead_bytes,
+            "functions_unmeasured": t.functions_unmeasured, "functions_no_code": t.functions_no_code,
+            "dead_bytes": t.dead_bytes,
             "lines": t.lines, "lines_hit": t.lines_hit}
 
 
