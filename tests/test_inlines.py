@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 from conftest import ROOT, bpfcov, coverage_json, gcov_counts, target
+from test_lines import gcov_lines
 
 from bpfcov.probes.inlines import read_inlined
 
@@ -115,3 +116,21 @@ def test_no_function_gcov_saw_run_at_o0_is_reported_never_executed_at_o2(bpf, tm
     assert not dead, f"live at -O0 but never executed at -O2: {dead}"
     missing = sorted(name for name in ran if name not in statuses)
     assert len(missing) <= 0.01 * len(ran), missing
+
+
+def test_lines_of_inlined_bodies_have_gcov_s_o0_line_counts(bpf, tmp_path):
+    """With --lines, an inlined body's lines are measured where it was inlined, even where
+    gcc marks them as statements at an address another line begins at (helper's body at
+    main's loop head) or not at all. gcov at -O0 counts the same lines."""
+    out = tmp_path / "out"
+    bpfcov("run", "-q", "-o", out, "--lines", "--mode", "count", "--", target("O2", "inlines"), "10")
+    ours = {row["line"]: row["count"] for o in coverage_json(out)["objects"] for row in o["lines"]
+            if row["file"].endswith("/inlines/inlines.c")}
+    expected, _ = gcov_lines("inlines", ["10"], "inlines/inlines.c", tmp_path)
+    source = (ROOT / "sample_targets/inlines/inlines.c").read_text().splitlines()
+    helper_body = next(n for n, text in enumerate(source, 1) if "sink = i * 3 + 1" in text)
+    rare_body = next(n for n, text in enumerate(source, 1) if "is too large" in text)
+    assert ours[helper_body] == expected[helper_body] == 10
+    assert ours[rare_body] == expected[rare_body] == 0
+    # Every line both measure agrees on whether it ran.
+    assert {n for n in ours if n in expected and (ours[n] > 0) != (expected[n] > 0)} == set()

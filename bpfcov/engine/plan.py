@@ -3,10 +3,10 @@
 Each distinct file offset of an object gets one probe (a function entry is usually also a
 line address; probing it twice would count twice). Functions and lines then refer to
 their probe's slot, so after a run a function's count is counts[function_probe[i]]. An
-inlined instance has several probes (its entry, then the start of each other range): it
-ran as often as its entry counted, or when the entry counted none (the compiler copied its
-code onto another path), as often as its busiest other probe; a function's inlined runs
-are the sum over its instances (see inlined_runs).
+inlined instance has several probes (its entry, then wherever else control can enter its
+code: see probes/index.py). It ran as often as its entry counted, or, when the entry
+counted none (the compiler copied its code onto another path), as often as its busiest
+other probe; a function's inlined runs are the sum over its instances (inlined_runs).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class ObjectPlan:
 
     def inlined_runs(self, counts: np.ndarray) -> np.ndarray:
         """Per function of the index: the runs of its inlined instances, from the counts."""
-        hits = counts[self.instance_probe].astype(np.int64) if len(self.instance_probe) else np.zeros(0, np.int64)
+        hits = counts[self.instance_probe].astype(np.int64)
         entry = np.zeros(len(self.instance_function), dtype=np.int64)
         busiest = np.zeros(len(self.instance_function), dtype=np.int64)
         np.add.at(entry, self.instance_of_probe[self.instance_entry], hits[self.instance_entry])

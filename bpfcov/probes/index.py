@@ -66,15 +66,54 @@ def _source_location(rows: LineRows | None, address: int, size: int):
     return rows.files[file_id], first, max(first, last)
 
 
-def _line_table(obj: ElfObject, rows: LineRows, functions: list[Function]) -> LineTable:
-    """One probe per distinct is_stmt address that lies inside a measured function."""
-    keep = rows.is_stmt & ~rows.end_sequence & (rows.file >= 0) & (rows.line > 0)
+def _inlined_body_rows(rows: LineRows, usable: np.ndarray, inlined: list[tuple[int, int]],
+                       address: np.ndarray, file: np.ndarray, line: np.ndarray):
+    """Rows for the lines of inlined bodies that the is_stmt rows miss: gcc marks an
+    inlined body's lines as statements at an address another line already begins at (a
+    loop head), or not at all. Any row inside an instance's ranges may stand for such a
+    line, at an address no other line probe has. (address, file, line) columns."""
+    if not inlined:
+        return None
+    merged: list[list[int]] = []
+    for low, high in sorted(inlined):
+        if merged and low <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    lows = np.array([m[0] for m in merged], dtype=np.uint64)
+    highs = np.array([m[1] for m in merged], dtype=np.uint64)
+    at = np.searchsorted(lows, rows.address, side="right").astype(np.int64) - 1
+    inside = usable & (at >= 0) & (rows.address < highs[np.maximum(at, 0)])
+    seen = set(zip(file.tolist(), line.tolist()))
+    taken = set(address.tolist())
+    extra: list[tuple[int, int, int]] = []
+    for a, f, n in zip(rows.address[inside].tolist(), rows.file[inside].tolist(), rows.line[inside].tolist()):
+        if (f, n) not in seen and a not in taken:
+            seen.add((f, n))
+            taken.add(a)
+            extra.append((a, f, n))
+    return extra or None
+
+
+def _line_table(obj: ElfObject, rows: LineRows, functions: list[Function],
+                inlined: list[tuple[int, int]] | None = None) -> LineTable:
+    """One probe per distinct is_stmt address that lies inside a measured function, and
+    one for each line of inlined code those miss (`inlined`: the instances' ranges)."""
+    usable = ~rows.end_sequence & (rows.file >= 0) & (rows.line > 0)
+    keep = rows.is_stmt & usable
     address = rows.address[keep]
     file = rows.file[keep]
     line = rows.line[keep]
     # Dedupe by address: the first row at an address is the statement that begins there.
     address, first = np.unique(address, return_index=True)
     file, line = file[first], line[first]
+    extra = _inlined_body_rows(rows, usable, inlined or [], address, file, line)
+    if extra is not None:
+        address = np.concatenate([address, np.array([e[0] for e in extra], dtype=np.uint64)])
+        file = np.concatenate([file, np.array([e[1] for e in extra], dtype=file.dtype)])
+        line = np.concatenate([line, np.array([e[2] for e in extra], dtype=line.dtype)])
+        order = np.argsort(address, kind="stable")
+        address, file, line = address[order], file[order], line[order]
 
     starts = np.array([f.address for f in functions], dtype=np.uint64)
     ends = np.array([f.address + max(f.size, 1) for f in functions], dtype=np.uint64)
@@ -260,17 +299,21 @@ def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progr
                     address=sym.address, offset=offset, size=size,
                     file=file, line=first, end_line=last, aliases=aliases,
                     probe=status, probe_offset=probe_offset, probe_note=site.note))
-            table = None
-            if lines:
-                progress.update("building line probes")
-                table = _line_table(obj, rows, functions) if rows is not None else LineTable.empty()
+            sources: list[SourceFunction] = []
             if dwarf_from.has_dwarf():
                 progress.update("reading inlined functions")
                 try:
-                    functions = _with_inlined(obj, functions, read_inlined(dwarf_from.path))
+                    sources = read_inlined(dwarf_from.path)
                 except InlinesUnavailable as e:
                     warnings.append(f"{name}: inlined code is not indexed ({e}); functions inlined at -O2 "
                                     "may be reported never executed")
+            table = None
+            if lines:
+                progress.update("building line probes")
+                inlined = [r for source in sources for instance in source.instances for r in instance.ranges]
+                table = _line_table(obj, rows, functions, inlined) if rows is not None else LineTable.empty()
+            if sources:
+                functions = _with_inlined(obj, functions, sources)
         finally:
             if debug_obj is not None:
                 debug_obj.close()
