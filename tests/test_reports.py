@@ -269,6 +269,16 @@ def test_unmeasured_and_no_code_functions_are_not_written_as_dead():
     assert t.dead_bytes == 300  # only app::dead()
 
 
+def test_a_function_that_exists_only_inlined_adds_no_bytes_of_its_own():
+    """Its code lies inside its callers', whose bytes count it already."""
+    run = synthetic_run()
+    run.objects[0].inlined_counts[:] = 0  # square's instances never ran
+    report = build_report(run)
+    square = next(f for o in report.objects for f in o.functions if f.name == "square")
+    assert (square.status, square.size, square.own_bytes) == ("unhit", 12, 0)
+    assert report.totals.dead_bytes == 300 == report.objects[0].dead_bytes
+
+
 def test_relative_paths(tmp_path):
     report = build_report(synthetic_run(), ReportOptions(relative_to="/src"))
     assert [s.path for s in report.files] == ["app.c", "util/helper.c"]

@@ -31,6 +31,12 @@ class FunctionRow:
     def calls(self) -> int:
         return self.count - self.inlined_count
 
+    @property
+    def own_bytes(self) -> int:
+        """Its bytes that are no other function's: a function that exists only inlined has
+        its code inside its callers', which count it already."""
+        return 0 if self.probe == "inlined" else self.size
+
 
 @dataclass
 class SourceFile:
@@ -47,7 +53,7 @@ class SourceFile:
 
     @property
     def dead_bytes(self) -> int:
-        return sum(f.size for f in self.functions if f.status == "unhit")
+        return sum(f.own_bytes for f in self.functions if f.status == "unhit")
 
 
 @dataclass
@@ -60,11 +66,11 @@ class ObjectReport:
 
     @property
     def dead_bytes(self) -> int:
-        return sum(f.size for f in self.functions if f.status == "unhit")
+        return sum(f.own_bytes for f in self.functions if f.status == "unhit")
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.size for f in self.functions)
+        return sum(f.own_bytes for f in self.functions)
 
 
 @dataclass

@@ -87,7 +87,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
             elif status == "no-code":
                 totals.functions_no_code += 1
             else:
-                totals.dead_bytes += row.size
+                totals.dead_bytes += row.own_bytes
             if row.file is not None and row.line is not None and status not in ("unmeasured", "no-code"):
                 source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
                 source.functions.append(row)

@@ -105,7 +105,8 @@ def pages(report: Report, sources: SourceReader):
     for o in report.objects:
         by_file: dict[str, list[FunctionRow]] = {}
         for f in o.functions:
-            by_file.setdefault(f.file or "(no source)", []).append(f)
+            if f.own_bytes:  # the treemap's area is machine code, each byte once
+                by_file.setdefault(f.file or "(no source)", []).append(f)
         groups.append((os.path.basename(o.path), sorted(by_file.items())))
     tiles = layout(groups, TREEMAP_WIDTH, TREEMAP_HEIGHT)
     started = datetime.datetime.fromtimestamp(report.started).astimezone() if report.started else None
