@@ -91,10 +91,14 @@ def load(path: str) -> Coverage:
     return Coverage(store.read(path))
 
 
-def _trace_options(mode: str, lines: bool, include: Iterable[str], exclude: Iterable[str], quiet: bool):
+def _trace_options(mode: str, lines: bool, include: Iterable[str], exclude: Iterable[str], quiet: bool,
+                   attach_method: str):
+    from bpfcov.engine.attach import CHOICES
     from bpfcov.engine.session import TraceOptions
+    if attach_method not in CHOICES:
+        raise BpfcovError(f"unknown attach_method {attach_method!r}: choose one of {', '.join(CHOICES)}")
     return TraceOptions(mode=Mode.parse(mode).value, lines=lines, include=list(include), exclude=list(exclude),
-                        quiet=quiet)
+                        quiet=quiet, attach_method=attach_method)
 
 
 def _done(traced, output: str | None) -> Coverage:
@@ -115,13 +119,15 @@ def _exec_policy(include_paths: Iterable[str], exclude_paths: Iterable[str], all
 def run(argv: Sequence[str], *, output: str | None = None, mode: str = "hit", lines: bool = False,
         libs: bool = False, objects: Iterable[str] = (), include: Iterable[str] = (), exclude: Iterable[str] = (),
         include_paths: Iterable[str] = (), exclude_paths: Iterable[str] = (), all_execs: bool = False,
-        duration: float | None = None, quiet: bool = True) -> Coverage:
+        duration: float | None = None, attach_method: str = "auto", quiet: bool = True) -> Coverage:
     """Run a command and cover it and every process it starts. The programs they exec are
     probed when they lie under `include_paths` (default: the current folder) and not under
     `exclude_paths`, or all of them with `all_execs`. With `output`, the data file is
-    written there as OUTPUT/bpfcov.db."""
+    written there as OUTPUT/bpfcov.db. `attach_method`: as --attach-method (auto,
+    uprobe-multi, perf-event)."""
     from bpfcov.engine.targets import trace_command
-    traced = trace_command(list(argv), _trace_options(mode, lines, include, exclude, quiet), list(objects), libs,
+    traced = trace_command(list(argv), _trace_options(mode, lines, include, exclude, quiet, attach_method),
+                           list(objects), libs,
                            duration, execs=_exec_policy(include_paths, exclude_paths, all_execs))
     return _done(traced, output)
 
@@ -129,21 +135,22 @@ def run(argv: Sequence[str], *, output: str | None = None, mode: str = "hit", li
 def attach(pid: int, *, output: str | None = None, mode: str = "hit", lines: bool = False, libs: bool = False,
            objects: Iterable[str] = (), include: Iterable[str] = (), exclude: Iterable[str] = (),
            include_paths: Iterable[str] = (), exclude_paths: Iterable[str] = (), all_execs: bool = False,
-           duration: float | None = None, quiet: bool = True) -> Coverage:
+           duration: float | None = None, attach_method: str = "auto", quiet: bool = True) -> Coverage:
     """Cover a running process (and the children it forks, and the programs they exec, as
     for run) until it exits or `duration` ends."""
     from bpfcov.engine.targets import trace_pid
-    traced = trace_pid(pid, _trace_options(mode, lines, include, exclude, quiet), list(objects), libs, duration,
+    traced = trace_pid(pid, _trace_options(mode, lines, include, exclude, quiet, attach_method), list(objects), libs,
+                       duration,
                        execs=_exec_policy(include_paths, exclude_paths, all_execs))
     return _done(traced, output)
 
 
 def watch(path: str | Sequence[str], *, output: str | None = None, mode: str = "hit", lines: bool = False,
           include: Iterable[str] = (), exclude: Iterable[str] = (), duration: float | None = None,
-          quiet: bool = True) -> Coverage:
+          attach_method: str = "auto", quiet: bool = True) -> Coverage:
     """Cover every process on the host that maps the object(s) at `path`, for `duration`
     seconds (or until SIGINT/SIGTERM)."""
     from bpfcov.engine.targets import trace_paths
     paths = [path] if isinstance(path, str) else list(path)
-    traced = trace_paths(paths, _trace_options(mode, lines, include, exclude, quiet), duration)
+    traced = trace_paths(paths, _trace_options(mode, lines, include, exclude, quiet, attach_method), duration)
     return _done(traced, output)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bpfcov.data.status import Mode
+from bpfcov.engine.attach import CHOICES as ATTACH_CHOICES
 from bpfcov.errors import BpfcovError
 
 FILES = (".bpfcov.toml", "pyproject.toml")
@@ -53,6 +54,12 @@ def _percent(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
         raise ValueError("a number from 0 to 100")
     return float(value)
+
+
+def _attach_method(key: str, value: Any) -> str:
+    if _text(key, value) not in ATTACH_CHOICES:
+        raise ValueError(" or ".join(ATTACH_CHOICES))
+    return value
 
 
 def _mode(key: str, value: Any) -> str:
@@ -91,6 +98,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "exclude-path": ("exclude_path", _texts),
     "all-execs": ("all_execs", _flag),
     "lcov-format": ("lcov_format", _lcov_format),
+    "attach-method": ("attach_method", _attach_method),
 }
 
 

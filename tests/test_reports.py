@@ -246,7 +246,7 @@ def synthetic_run(lines: bool = False) -> RunCoverage:
                        ended=1_700_000_002.5, host="testhost", kernel="6.18", lines=lines,
                        objects=[ObjectCoverage(index, np.array([1, 0, 7, 0, 1, 0, 0], dtype=np.int64), line_counts,
                                                np.array([4, 0, 0, 0, 0, 9, 0], dtype=np.int64))],
-                       bpfcov_version="test")
+                       bpfcov_version="test", stats={"attach_method": "uprobe-multi"})
 
 
 @pytest.mark.parametrize("lines", [False, True], ids=["functions", "lines"])

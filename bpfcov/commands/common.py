@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from bpfcov.engine.attach import AUTO
+from bpfcov.engine.attach import CHOICES as ATTACH_CHOICES
 from bpfcov.errors import BpfcovError
 from bpfcov.report.formats import DEFAULT_FORMATS, formats_help, parse_formats
 
@@ -87,6 +89,9 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
                        help="do not trace functions whose name matches (repeatable)")
     group.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
                        help="also look for separate debug files under DIR")
+    group.add_argument("--attach-method", choices=ATTACH_CHOICES, default=AUTO,
+                       help="how probes are attached: uprobe-multi (Linux 6.6+, few links) or perf-event "
+                            "(Linux 5.15+, one per probe); auto (default) asks the kernel which it has")
     group.add_argument("--interval", type=positive_float, metavar="S",
                        help="write a snapshot of bpfcov.db every S seconds")
     group.add_argument("--quiet", "-q", action="store_true", help="no messages, only errors")
@@ -150,6 +155,8 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
             summary += f"; {t.lines_hit:,} of {t.lines:,} lines ({t.line_percent:.1f}%)"
         if run.mode == "hit":
             summary += "; hit mode: counts are lower bounds"
+        if run.stats.get("attach_method"):
+            summary += f"; {run.stats['attach_method']} links"
         print(f"bpfcov: {summary}", file=sys.stderr)
         execs = run.stats.get("execs")
         if execs and (execs["probed"] or execs["skipped"]):

@@ -29,7 +29,7 @@ from bpfcov.errors import BpfcovError, UsageError
 def _options(args, libs: bool):
     from bpfcov.engine.session import TraceOptions
     return TraceOptions(mode=args.mode, lines=args.lines, include=args.include, exclude=args.exclude,
-                        debug_dirs=tuple(args.debug_dir), quiet=args.quiet,
+                        debug_dirs=tuple(args.debug_dir), quiet=args.quiet, attach_method=args.attach_method,
                         spare_slots=spare_slots(args.lines, args.subcommand != "watch"),
                         ends_by_itself=args.subcommand == "run" or bool(getattr(args, "duration", None)))
 
@@ -72,7 +72,7 @@ def _prepare(args, libs: bool = False) -> tuple[str, ProgramBuilder]:
     check_privileges()
     check_output_dir(args.output)
     _absolute_paths(args)
-    builder = ProgramBuilder(program_options(args.subcommand, args.mode, libs, args.object),
+    builder = ProgramBuilder(program_options(args.subcommand, args.mode, libs, args.object, args.attach_method),
                              slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, args.subcommand != "watch"))
     return os.path.join(args.output, "bpfcov.db"), builder
 

@@ -1,6 +1,7 @@
 // The one BPF program bpfcov loads. It is attached to every probe of a traced object
-// through uprobe_multi links; each probe's cookie is its index in the `counts` array, so a
-// hit is one array slot and one atomic add: no hashing, no lookups by address.
+// through uprobe_multi links (or, on kernels before 6.6, one perf-event link per probe);
+// each probe's cookie is its index in the `counts` array, so a hit is one array slot and
+// one atomic add: no hashing, no lookups by address.
 //
 // Compile-time settings (passed by the loader with -D):
 //   MAX_PROBES    size of the counts array (the number of probes, at least 1)

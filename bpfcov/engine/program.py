@@ -21,8 +21,6 @@ from bpfcov.errors import BpfcovError
 if TYPE_CHECKING:
     import numpy as np
 
-BPF_TRACE_UPROBE_MULTI = 48
-
 # Probe slots kept for objects found during a run: programs the trace execs, libraries
 # (--libs, dlopen).
 SPARE_SLOTS_FUNCTIONS = 1 << 18
@@ -78,15 +76,20 @@ class ProgramOptions:
     follow: bool = False        # catch the children of traced processes (run, attach)
     cgroup_start: bool = False  # catch the exec of `run`'s command in its cgroup
     loader_hook: bool = False   # stop processes in the dynamic loader (--libs, --object)
+    # How its probes are attached (attach.py); `auto` asks the kernel when the program loads.
+    attach_method: str = "auto"
 
 
-def program_options(subcommand: str, mode: str, libs: bool = False, objects=()) -> ProgramOptions:
+def program_options(subcommand: str, mode: str, libs: bool = False, objects=(),
+                    attach_method: str = "auto") -> ProgramOptions:
     """What each tracing subcommand needs of the program."""
     hit_mode = mode == "hit"
     if subcommand == "watch":
-        return ProgramOptions(hit_mode)  # every process, by design: nothing to follow
+        # Every process, by design: nothing to follow.
+        return ProgramOptions(hit_mode, attach_method=attach_method)
     # The loader hook attaches libraries as they are mapped, before their first instruction.
-    return ProgramOptions(hit_mode, follow=True, cgroup_start=subcommand == "run", loader_hook=libs or bool(objects))
+    return ProgramOptions(hit_mode, follow=True, cgroup_start=subcommand == "run", loader_hook=libs or bool(objects),
+                          attach_method=attach_method)
 
 
 class CounterProgram:
@@ -100,6 +103,8 @@ class CounterProgram:
         self.slots = max(1, slots)
         self.options = options
         self.hit_mode = options.hit_mode
+        from bpfcov.engine.attach import choose  # imports numpy: not at the CLI's start
+        self.method = choose(options.attach_method)  # first: a kernel without it fails fast
         source = resources.files("bpfcov.engine").joinpath("counter.c").read_text()
         cflags = [f"-DMAX_PROBES={self.slots}", "-Wno-unused-variable", *extra_cflags]
         if self.hit_mode:
@@ -120,9 +125,10 @@ class CounterProgram:
             cflags.append("-DLOADER_HOOK")
         try:
             self._bpf = bcc.BPF(text=source, cflags=cflags)
-            self._fn = self._bpf.load_func("on_probe", bcc.BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+            attach_type = self.method.program_attach_type
+            self._fn = self._bpf.load_func("on_probe", bcc.BPF.KPROBE, attach_type=attach_type)
             self._loader_fn = self._bpf.load_func("on_loader_event", bcc.BPF.KPROBE,
-                                                  attach_type=BPF_TRACE_UPROBE_MULTI) if options.loader_hook else None
+                                                  attach_type=attach_type) if options.loader_hook else None
         except Exception as e:  # bcc raises bare Exceptions for compile and load failures
             raise BpfcovError(f"cannot load the BPF program: {str(e).splitlines()[0] if str(e) else e} "
                               "(are kernel headers installed under "

@@ -43,7 +43,7 @@ from bpfcov.engine.plan import ObjectPlan, plan_object
 from bpfcov.engine.processes import Mapping, executable_mappings
 from bpfcov.engine.program import CounterProgram, ProgramBuilder, ProgramOptions
 from bpfcov.engine.tracer import DEFAULT_SHARD_SIZE, Tracer
-from bpfcov.engine.uprobe_multi import LinkError, check_support
+from bpfcov.engine.uprobe_multi import LinkError
 from bpfcov.errors import BpfcovError, NoFunctionsError
 from bpfcov.probes.index import index_object
 from bpfcov.probes.insn import instruction_length, is_branch, refusal
@@ -62,6 +62,7 @@ class TraceOptions:
     debug_dirs: tuple[str, ...] = ()
     quiet: bool = False
     shard_size: int = DEFAULT_SHARD_SIZE
+    attach_method: str = "auto"  # attach.CHOICES
     # Slots kept free for objects that appear during the run (dlopen, --libs).
     spare_slots: int = 0
     ends_by_itself: bool = True  # False for watch and attach, which say how to end them
@@ -106,12 +107,29 @@ def say(options: TraceOptions, message: str) -> None:
         print(f"bpfcov: {message}", file=sys.stderr, flush=True)
 
 
-def raise_fd_limit() -> None:
-    """Each traced process holds a link per shard of each object it maps: allow as many
-    descriptors as the hard limit does."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+# Descriptors for everything but links: the objects kept open, maps, pidfds, reports.
+FD_RESERVE = 1024
+
+
+def raise_fd_limit(link_fds: int, probes: int) -> tuple[int, int]:
+    """Allow as many open files as the kernel lets bpfcov have: each traced process holds
+    a link per shard of each object it maps (with perf events, one per probe). Fails, before
+    anything is attached, when the `link_fds` the first process needs for its `probes` do
+    not fit. Returns the limits as they were, for the traced command to get back."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        # Above the hard limit only with CAP_SYS_RESOURCE, and never above fs.nr_open.
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before[1], before[1]))
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if link_fds + FD_RESERVE > limit:
+        raise BpfcovError(f"{probes:,} probes need {link_fds + FD_RESERVE:,} open files with this attach method, "
+                          f"above the limit of {limit:,} (RLIMIT_NOFILE's hard limit): trace fewer functions "
+                          "with --include, or raise the limit (ulimit -Hn)")
+    return before
 
 
 def _open_mapped(pid: int, mapping: Mapping) -> int | None:
@@ -179,6 +197,7 @@ class Session:
         self._probes_left: int | None = None  # probes still attached when tracing stopped
         self._finished = False
         self._release: threading.Thread | None = None
+        self.fd_limit_before: tuple[int, int] | None = None  # RLIMIT_NOFILE before start()
 
     def __enter__(self) -> Session:
         return self
@@ -463,13 +482,13 @@ class Session:
         for obj in self.objects.values():
             plans.append(plan_object(obj.index, first_probe))
             first_probe += plans[-1].probe_count
-        raise_fd_limit()
         self.program = self._builder.get(first_probe + self.options.spare_slots)
-        check_support(self.program.prog_fd)
-        if self.cgroup_id is not None:
-            self.program.catch_exec_in_cgroup(self.cgroup_id)
         self.tracer = Tracer(self.program, self.options.shard_size, on_process_events=self._processes_stopped,
                              on_refused=self._refused)
+        shard_size = self.tracer.shard_size
+        self.fd_limit_before = raise_fd_limit(sum(-(-p.probe_count // shard_size) for p in plans), first_probe)
+        if self.cgroup_id is not None:
+            self.program.catch_exec_in_cgroup(self.cgroup_id)
         for obj, plan in zip(list(self.objects.values()), plans):
             self._register(obj, plan)
         self.tracer.start()
@@ -491,7 +510,7 @@ class Session:
             parts.append("any library a traced process maps")
         end = "" if self.options.ends_by_itself else " Ctrl-C to end."
         say(self.options, f"Tracing {', '.join(parts[:-1]) + ' and ' if len(parts) > 1 else ''}{parts[-1]} "
-                          f"({self.options.mode} mode)...{end}")
+                          f"({self.options.mode} mode, {self._engine[0].method.name} links)...{end}")
 
     def coverage(self, counts: np.ndarray, complete: bool) -> RunCoverage:
         objects = []
@@ -520,6 +539,7 @@ class Session:
     def stats(self) -> dict:
         tracer = self.tracer.stats if self.tracer is not None else None
         return {
+            "attach_method": self.program.method.name if self.program is not None else None,
             "probes": sum(o.plan.probe_count for o in self.objects.values() if o.plan is not None),
             "relinks": tracer.relinks if tracer else 0,
             "relink_seconds": round(tracer.relink_seconds, 4) if tracer else 0.0,

@@ -19,6 +19,7 @@ kernel object is released before these return or raise.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import shutil
 import signal
@@ -163,12 +164,17 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
 
     procs_file = cgroup.procs_file
 
-    def enter_cgroup() -> None:  # runs in the child between fork and exec
-        with open(procs_file, "w") as f:
-            f.write(str(os.getpid()))
+    with Session(options, command, program_options("run", options.mode, libs, objects, options.attach_method),
+                 libs=libs, cgroup_id=cgroup.id, builder=builder, execs=execs) as session:
 
-    with Session(options, command, program_options("run", options.mode, libs, objects), libs=libs,
-                 cgroup_id=cgroup.id, builder=builder, execs=execs) as session:
+        def enter_cgroup() -> None:  # runs in the child between fork and exec
+            with open(procs_file, "w") as f:
+                f.write(str(os.getpid()))
+            if session.fd_limit_before is not None:
+                # bpfcov raised its own open-file limit for its links: the command gets the
+                # limit it would have had (some programs close every possible descriptor).
+                resource.setrlimit(resource.RLIMIT_NOFILE, session.fd_limit_before)
+
         try:
             with Stopper(session.wake, forward) as stopper:
                 if subject:
@@ -223,7 +229,8 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
     def alive() -> bool:
         return not select.select([pidfd], [], [], 0)[0]
 
-    with Session(options, [f"pid {pid}", executable], program_options("attach", options.mode, libs, objects),
+    wanted = program_options("attach", options.mode, libs, objects, options.attach_method)
+    with Session(options, [f"pid {pid}", executable], wanted,
                  libs=libs, builder=builder, execs=execs or ExecPolicy.from_options()) as session:
         try:
             with Stopper(session.wake) as stopper:
@@ -249,7 +256,8 @@ def trace_paths(paths: list[str], options: TraceOptions, duration: float | None 
         raise BpfcovError("watch needs at least one PATH to an ELF object")
     for path in paths:
         _check_elf(path)
-    with Session(options, ["watch"] + [os.path.realpath(p) for p in paths], program_options("watch", options.mode),
+    wanted = program_options("watch", options.mode, attach_method=options.attach_method)
+    with Session(options, ["watch"] + [os.path.realpath(p) for p in paths], wanted,
                  every_process=True, builder=builder) as session:
         try:
             with Stopper(session.wake) as stopper:

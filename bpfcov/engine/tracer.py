@@ -1,19 +1,22 @@
 """Keeping probes attached: the links of every traced process, in count or hit mode.
 
 Probes are numbered globally (a probe's number is its cookie and its slot in `counts`)
-and cut into shards: runs of one object's probes. Each traced process gets one
-uprobe_multi link per shard, carrying its pid, so that the kernel puts breakpoints in that
-process alone: a process outside the trace, bpfcov's own included, never traps on them
-(a link without a pid would put its int3s into every process on the host that maps the
-file). `watch`, which covers every process by design, uses pid 0.
+and cut into shards: runs of one object's probes. Each traced process gets one link per
+shard, carrying its pid, so that the kernel puts breakpoints in that process alone: a
+process outside the trace, bpfcov's own included, never traps on them (a link without a
+pid would put its int3s into every process on the host that maps the file). `watch`,
+which covers every process by design, uses pid 0. A link is a uprobe_multi link, or with
+the perf-event method (attach.py) a single probe's perf event, and then a shard is one
+probe: everything below holds for both.
 
 - count mode: every shard is linked once per process and left alone.
 - hit mode: a probe that has fired is of no more use, and each further hit costs a trap
   (~1 µs). The BPF program reports a probe's first hit through a ring buffer; a thread
   here wakes on it and replaces each affected link with one that leaves out every probe
-  already hit, new link first so that no probe has a gap. Closing the old link removes its
-  breakpoints and then waits for an RCU grace period (~30 ms), so closes run on other
-  threads, off the path between a first hit and the new link.
+  already hit, new link first so that no probe has a gap (with perf events, it closes
+  the probe's own link). Closing the old link removes its breakpoints and then waits for
+  an RCU grace period (~30 ms), so closes run on other threads, off the path between a
+  first hit and the new link; the busiest shards are narrowed first.
 
 The kernel has the last word on which instructions it probes. When it refuses a link
 (ENOTSUPP and kin), the refused probes are found by bisecting the shard, and each one is
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bpfcov.engine.program import CounterProgram
-from bpfcov.engine.uprobe_multi import ENOTSUPP, MAX_PROBES_PER_LINK, LinkError, create_link
+from bpfcov.engine.uprobe_multi import ENOTSUPP, LinkError
 
 # Probes per link. While a link is replaced, its hot probes keep trapping, and replacing
 # costs about 7 µs per probe it keeps while the target runs (each takes the target's mmap
@@ -69,17 +72,17 @@ class TracerStats:
 
 
 class _LinkCloser:
-    """Closes link fds in the background. Closing a link removes its breakpoints at once,
-    then waits out an RCU grace period (~30 ms here) before returning; several closes in
-    flight let a new close remove its breakpoints without waiting for the grace periods
-    of the closes before it."""
+    """Closes link fds in the background, `workers` at a time, in the order given.
 
-    # Closes mostly wait out grace periods, which overlap: 821 links closed in 37 s one
-    # after another, in 0.85 s with 128 at a time.
-    WORKERS = 128
+    A uprobe_multi link removes its breakpoints at once and then waits out an RCU grace
+    period (~30 ms here): closes in flight overlap their waits (821 links closed in 37 s
+    one after another, in 0.85 s with 128 at a time). A perf-event link is released
+    under the kernel's global event_mutex, with three or four grace periods inside it
+    (perf_uprobe_destroy on 6.18): ~35 ms each, one at a time whatever the threads. There
+    more workers only blur the order, and the order matters: hottest probes first."""
 
-    def __init__(self):
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.WORKERS, thread_name_prefix="bpfcov-close")
+    def __init__(self, workers: int):
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bpfcov-close")
 
     @staticmethod
     def _close(fd: int) -> None:
@@ -100,13 +103,15 @@ class Tracer:
                  on_process_events: Callable[[list[tuple[int, int]]], None] | None = None,
                  on_refused: RefusalHandler | None = None):
         self.program = program
+        self._create_link = program.method.create_link
         # Count mode never replaces a link, so one link per object and process is cheapest.
-        self.shard_size = min(shard_size, MAX_PROBES_PER_LINK) if program.hit_mode else MAX_PROBES_PER_LINK
+        most = program.method.max_probes_per_link
+        self.shard_size = min(shard_size, most) if program.hit_mode else most
         self.shards: list[Shard] = []
         self._object_shards: dict[object, list[int]] = {}
         self._shard_of = np.full(program.slots, -1, dtype=np.int32)
         self._lock = threading.Lock()  # guards the shards' links against the relinker
-        self._closer = _LinkCloser()
+        self._closer = _LinkCloser(program.method.closes_at_once)
         self._stop = threading.Event()
         self._relinker: threading.Thread | None = None
         self._on_process_events = on_process_events
@@ -161,7 +166,7 @@ class Tracer:
             if loader_prog_fd is None:
                 raise ValueError("the program was built without the loader hook")
             try:
-                self._loader_links[pid] = create_link(loader_prog_fd, path,
+                self._loader_links[pid] = self._create_link(loader_prog_fd, path,
                                                       np.array([offset], dtype=np.uint64),
                                                       np.zeros(1, dtype=np.uint64), pid)
             except LinkError as e:
@@ -195,7 +200,8 @@ class Tracer:
             if not len(wanted):
                 return None
             try:
-                fd = create_link(self.program.prog_fd, shard.path, shard.offsets[wanted], shard.probes[wanted], pid)
+                fd = self._create_link(self.program.prog_fd, shard.path, shard.offsets[wanted], shard.probes[wanted],
+                                       pid)
             except LinkError as e:
                 if e.errno not in REFUSALS:
                     raise
@@ -222,7 +228,7 @@ class Tracer:
         refused = []
         for part in (indexes[:half], indexes[half:]):
             try:
-                fd = create_link(self.program.prog_fd, shard.path, shard.offsets[part], shard.probes[part], pid)
+                fd = self._create_link(self.program.prog_fd, shard.path, shard.offsets[part], shard.probes[part], pid)
             except LinkError as e:
                 if e.errno not in REFUSALS:
                     raise
@@ -250,10 +256,14 @@ class Tracer:
             with self._lock:
                 if self._stop.is_set():
                     return
-                for s in sorted(affected):
+                # The busiest first: each of their hits until the new link costs a trap.
+                for s in sorted(affected, key=self._hits_in, reverse=True):
                     self._narrow(self.shards[s])
             self.stats.relinks += 1
             self.stats.relink_seconds += time.perf_counter() - started
+
+    def _hits_in(self, shard_index: int) -> int:
+        return int(self.program.counts[self.shards[shard_index].probes.astype(np.int64)].sum())
 
     def _narrow(self, shard: Shard) -> None:
         """Replace each of the shard's links with one holding only its probes not yet hit."""
@@ -265,7 +275,7 @@ class Tracer:
                 continue
             if len(wanted):
                 try:
-                    fd = create_link(self.program.prog_fd, shard.path, shard.offsets[wanted],
+                    fd = self._create_link(self.program.prog_fd, shard.path, shard.offsets[wanted],
                                      shard.probes[wanted], pid)
                 except LinkError as e:
                     if e.errno != errno.ESRCH:

@@ -73,7 +73,9 @@ def create_link(prog_fd: int, path: str, offsets: np.ndarray, cookies: np.ndarra
     fd = _libc.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
-        raise LinkError(f"cannot attach {count} uprobes to {path}: {_explain(err)}", err)
+        why = explain_errno(err) if err != errno.EINVAL else \
+            "invalid argument (is this kernel older than 6.6, without uprobe_multi?)"
+        raise LinkError(f"cannot attach {count} uprobes to {path}: {why}", err)
     return fd
 
 
@@ -88,18 +90,19 @@ def check_support(prog_fd: int) -> None:
     except LinkError as e:
         if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.E2BIG):
             raise BpfcovError("this kernel has no uprobe_multi links with a pid filter (Linux 6.6 and later "
-                              f"have them): {os.strerror(e.errno)}") from None
+                              f"have them): {os.strerror(e.errno)}; --attach-method perf-event works from "
+                              "Linux 5.15") from None
         raise
     os.close(fd)
 
 
-def _explain(err: int) -> str:
+def explain_errno(err: int) -> str:
     if err == ENOTSUPP:
         return "the kernel refused to probe an instruction (ENOTSUPP)"
-    if err == errno.EINVAL:
-        return "invalid argument (is this kernel older than 6.6, without uprobe_multi?)"
     if err == errno.ESRCH:
         return "no such process"
     if err in (errno.EPERM, errno.EACCES):
         return "permission denied (bpfcov needs root, or CAP_BPF and CAP_PERFMON)"
+    if err == errno.EMFILE:
+        return "too many open files (each probe of --attach-method perf-event holds one; see ulimit -n)"
     return os.strerror(err)

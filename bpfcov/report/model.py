@@ -110,3 +110,4 @@ class Report:
     files: list[SourceFile]    # sorted by path; only functions with a source file
     totals: Totals
     bpfcov_version: str
+    attach_method: str | None = None  # how the probes were attached (None: merged or older data)

@@ -116,4 +116,5 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
         totals.lines_hit += sum(1 for c in source.lines.values() if c > 0)
     return Report(mode=run.mode, command=run.command, started=run.started, duration=run.duration,
                   host=run.host, kernel=run.kernel, lines=run.lines, complete=run.complete,
-                  objects=objects, files=ordered, totals=totals, bpfcov_version=run.bpfcov_version)
+                  objects=objects, files=ordered, totals=totals, bpfcov_version=run.bpfcov_version,
+                  attach_method=run.stats.get("attach_method"))

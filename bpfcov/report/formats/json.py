@@ -22,6 +22,7 @@ def as_dict(report: Report) -> dict:
         "duration": report.duration,
         "host": report.host,
         "kernel": report.kernel,
+        "attach_method": report.attach_method,
         "complete": report.complete,
         "objects": [
             {
