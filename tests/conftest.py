@@ -41,6 +41,16 @@ def bpf():
         pytest.skip(f"BPF unavailable: {reason}")
 
 
+# Every way bpfcov can attach probes: engine tests run once for each (this kernel has both;
+# older ones have only perf-event).
+ATTACH_METHODS = ["uprobe-multi", "perf-event"]
+
+
+@pytest.fixture(params=ATTACH_METHODS)
+def attach_method(request) -> str:
+    return request.param
+
+
 def target(flavour: str, name: str) -> str:
     path = BUILD / flavour / name
     if not path.exists():

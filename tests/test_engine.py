@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import (
+    ATTACH_METHODS,
     ROOT,
     assert_counts_equal_gcov,
     bpf_ids,
@@ -24,6 +25,9 @@ from conftest import (
     gcov_counts,
     target,
 )
+
+from bpfcov.api import run as api_run
+from bpfcov.errors import BpfcovError
 
 GCOV_CASES = [
     ("shapes", ["fact", "6"]),
@@ -38,28 +42,40 @@ GCOV_CASES = [
 ]
 
 
-def traced(tmp_path, name, args, *options, flavour="O0"):
+def traced(tmp_path, name, args, *options, flavour="O0", method="auto"):
     out = tmp_path / "out"
-    bpfcov("run", "-q", "-o", out, *options, "--", target(flavour, name), *args, check=False)
+    bpfcov("run", "-q", "-o", out, "--attach-method", method, *options, "--", target(flavour, name), *args,
+           check=False)
     return coverage_json(out)
 
 
-@pytest.mark.parametrize("name,args", GCOV_CASES, ids=[f"{n} {' '.join(a)}" for n, a in GCOV_CASES])
-def test_count_mode_equals_gcov_call_counts(bpf, tmp_path, name, args):
+# perf-event links are released one at a time, ~35 ms each (perf_uprobe.py): inventory's
+# 1,300 probes (libstdc++'s inlined code) take 45 s, so perf-event runs it with one input.
+PERF_EVENT_SKIPS = [("inventory", ["total"]), ("inventory", ["bad"])]
+
+
+def _by_method(cases):
+    return [pytest.param(name, args, method, id=f"{method}-{name} {' '.join(args)}")
+            for method in ATTACH_METHODS for name, args in cases
+            if method != "perf-event" or (name, args) not in PERF_EVENT_SKIPS]
+
+
+@pytest.mark.parametrize("name,args,attach_method", _by_method(GCOV_CASES))
+def test_count_mode_equals_gcov_call_counts(bpf, tmp_path, name, args, attach_method):
     oracle = gcov_counts(target("gcov", name), args, tmp_path)
     assert oracle, "gcov produced no counts"
-    ours = function_counts(traced(tmp_path, name, args, "--mode", "count"))
+    ours = function_counts(traced(tmp_path, name, args, "--mode", "count", method=attach_method))
     assert assert_counts_equal_gcov(ours, oracle) >= 3
 
 
-def test_threaded_counts_are_exact(bpf, tmp_path):
-    counts = function_counts(traced(tmp_path, "threads", ["8", "5000"], "--mode", "count"))
+def test_threaded_counts_are_exact(bpf, tmp_path, attach_method):
+    counts = function_counts(traced(tmp_path, "threads", ["8", "5000"], "--mode", "count", method=attach_method))
     assert counts["work"] == 8 * 5000
     assert counts["worker"] == 8
 
 
-def test_forked_children_are_covered(bpf, tmp_path):
-    counts = function_counts(traced(tmp_path, "forker", ["7"], "--mode", "count"))
+def test_forked_children_are_covered(bpf, tmp_path, attach_method):
+    counts = function_counts(traced(tmp_path, "forker", ["7"], "--mode", "count", method=attach_method))
     assert counts["worker_task"] == 7  # runs only in the children
     assert counts["parent_summary"] == 1
 
@@ -79,6 +95,23 @@ def test_hit_mode_finds_the_same_functions_as_count_mode(bpf, tmp_path, name, ar
     assert count
 
 
+@pytest.mark.parametrize("name,args", [c for c in HIT_CASES if c not in PERF_EVENT_SKIPS],
+                         ids=[f"{n} {' '.join(a)}" for n, a in HIT_CASES if (n, a) not in PERF_EVENT_SKIPS])
+def test_perf_event_hit_mode_finds_what_uprobe_multi_finds(bpf, tmp_path, name, args):
+    """The fallback for kernels before 6.6 removes each probe by closing its own perf
+    event at its first hit, where uprobe_multi relinks: the same functions must be found."""
+    runs = {}
+    for method in ("uprobe-multi", "perf-event"):
+        out = tmp_path / method
+        result = bpfcov("run", "-o", out, "--attach-method", method, "--format", "json", "--",
+                        target("O0", name), *args, check=False)
+        assert f"(hit mode, {method} links)" in result.stderr
+        runs[method] = coverage_json(out)
+        assert runs[method]["attach_method"] == method
+    assert executed(runs["perf-event"]) == executed(runs["uprobe-multi"])
+    assert executed(runs["perf-event"])
+
+
 def test_hit_mode_on_the_sqlite_workload_matches_count_mode(bpf, tmp_path):
     workload = str(ROOT / "sample_targets/build/sqlite/workload")
     runs = {}
@@ -88,6 +121,25 @@ def test_hit_mode_on_the_sqlite_workload_matches_count_mode(bpf, tmp_path):
         runs[mode] = executed(coverage_json(out))
     assert runs["hit"] == runs["count"]
     assert len(runs["hit"]) > 300
+
+
+def test_perf_event_probes_beyond_the_open_file_limit_fail_before_attaching(bpf, tmp_path):
+    """Each perf-event probe holds a descriptor. The sqlite workload has 22,000 probes
+    (its inlined code included): under a hard limit of 8,192 that bpfcov cannot raise
+    (no CAP_SYS_RESOURCE), the run stops with one line before anything is attached, and
+    the workload never starts."""
+    before = bpf_ids()
+    workload = str(ROOT / "sample_targets/build/sqlite/workload")
+    result = subprocess.run(["prlimit", "--nofile=8192:8192", "setpriv", "--bounding-set", "-sys_resource",
+                             sys.executable, "-m", "bpfcov", "run", "-o", tmp_path / "out", "--attach-method",
+                             "perf-event", "--", workload, "3000"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bpfcov: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "above the limit of 8,192" in errors[0] and "--include" in errors[0]
+    assert int(errors[0].split("error: ")[1].split(" probes")[0].replace(",", "")) > 20_000
+    assert "workload-seconds" not in result.stderr
+    assert not bpf_leaks(before)
 
 
 @pytest.mark.parametrize("mangling", ["legacy", "v0"])
@@ -100,16 +152,17 @@ def test_rust_program_is_covered(bpf, tmp_path, mangling):
     assert shown["main::geometry::never_called"] == 0
 
 
-def test_moved_probe_counts_the_lock_prefixed_function(bpf, tmp_path):
-    report = traced(tmp_path, "shapes", ["lock"], "--mode", "count")
+def test_moved_probe_counts_the_lock_prefixed_function(bpf, tmp_path, attach_method):
+    report = traced(tmp_path, "shapes", ["lock"], "--mode", "count", method=attach_method)
     assert function_counts(report)["locked_increment"] == 3
 
 
-def test_dlopened_plugin_and_linked_library_are_covered_with_libs(bpf, tmp_path):
+def test_dlopened_plugin_and_linked_library_are_covered_with_libs(bpf, tmp_path, attach_method):
     host = target("O0", "host")
     plugin = target("O0", "plugin.so")
     out = tmp_path / "out"
-    bpfcov("run", "-q", "-o", out, "--libs", "--mode", "count", "--include", "^(main|shape_|plugin_)",
+    bpfcov("run", "-q", "-o", out, "--libs", "--mode", "count", "--attach-method", attach_method,
+           "--include", "^(main|shape_|plugin_)",
            "--", host, plugin, "3")
     report = coverage_json(out)
     assert function_counts(report, "host")["main"] == 1
@@ -125,7 +178,7 @@ def test_run_passes_exit_status_and_output_through(bpf, tmp_path):
     assert result.stdout == "120\n"
 
 
-def test_attach_covers_only_what_runs_after_attaching(bpf, tmp_path):
+def test_attach_covers_only_what_runs_after_attaching(bpf, tmp_path, attach_method):
     proc = subprocess.Popen([target("O0", "shapes"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     try:
@@ -134,7 +187,8 @@ def test_attach_covers_only_what_runs_after_attaching(bpf, tmp_path):
         assert proc.stdout.readline() == "3.142\n"
         out = tmp_path / "out"
         tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "attach", "--pid", str(proc.pid), "-o", out,
-                                   "--mode", "count"], stderr=subprocess.PIPE, text=True)
+                                   "--mode", "count", "--attach-method", attach_method],
+                                  stderr=subprocess.PIPE, text=True)
         assert "Tracing" in tracer.stderr.readline()
         proc.stdin.write("square 2\n")
         proc.stdin.flush()
@@ -150,12 +204,12 @@ def test_attach_covers_only_what_runs_after_attaching(bpf, tmp_path):
     assert counts["main"] == 0
 
 
-def test_watch_covers_processes_started_after_it(bpf, tmp_path):
+def test_watch_covers_processes_started_after_it(bpf, tmp_path, attach_method):
     binary = tmp_path / "shapes"
     shutil.copy(target("O0", "shapes"), binary)  # a private copy: no other test's processes map it
     out = tmp_path / "out"
-    watcher = subprocess.Popen([sys.executable, "-m", "bpfcov", "watch", str(binary), "-o", out, "--duration", "60"],
-                               stderr=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen([sys.executable, "-m", "bpfcov", "watch", str(binary), "-o", out, "--duration", "60",
+                                "--attach-method", attach_method], stderr=subprocess.PIPE, text=True)
     try:
         assert "Tracing" in watcher.stderr.readline()
         assert subprocess.run([binary, "fact", "4"], capture_output=True, text=True).stdout == "24\n"
@@ -171,10 +225,11 @@ def test_watch_covers_processes_started_after_it(bpf, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_mid_run_saves_everything_and_detaches(bpf, tmp_path, sig):
+def test_signal_mid_run_saves_everything_and_detaches(bpf, tmp_path, sig, attach_method):
     before = bpf_ids()
     out = tmp_path / "out"
-    tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "-o", out, "--mode", "count", "--",
+    tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "run", "-o", out, "--mode", "count",
+                               "--attach-method", attach_method, "--",
                                target("O0", "threads"), "2", "2000000000"], stderr=subprocess.PIPE, text=True)
     try:
         assert "Tracing" in tracer.stderr.readline()
@@ -243,3 +298,21 @@ def test_children_are_caught_on_raw_syscalls_where_syscall_tracepoints_are_missi
     assert traced.ending.exit_status == 0
     counts = {f.name: int(c) for o in traced.coverage.objects for f, c in zip(o.index.functions, o.function_counts)}
     assert counts["worker_task"] == 4 and counts["parent_summary"] == 1
+
+
+def test_the_attach_method_comes_from_the_config_file_the_api_or_the_kernel(bpf, tmp_path):
+    """`attach-method` in [tool.bpfcov] and `attach_method=` in the API force a method; a
+    wrong name is refused before anything is attached. auto takes what the kernel has."""
+    shapes = target("O0", "shapes")
+    (tmp_path / ".bpfcov.toml").write_text('attach-method = "perf-event"\n')
+    result = bpfcov("run", "-o", "out", "--", shapes, "fact", "3", cwd=tmp_path)
+    assert "(hit mode, perf-event links)" in result.stderr and "; perf-event links" in result.stderr
+    (tmp_path / ".bpfcov.toml").write_text('attach-method = "kprobe"\n')
+    result = bpfcov("run", "-o", "out", "--", shapes, "fact", "3", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "attach-method must be auto or uprobe-multi or perf-event" in result.stderr
+    coverage = api_run([shapes, "fact", "4"], attach_method="perf-event", mode="count")
+    assert coverage.data.stats["attach_method"] == "perf-event"
+    assert {f["name"]: f["count"] for f in coverage.functions()}["factorial"] == 4
+    assert api_run([shapes, "fact", "4"]).data.stats["attach_method"] == "uprobe-multi"  # this kernel has it
+    with pytest.raises(BpfcovError, match="unknown attach_method 'kprobe'"):
+        api_run([shapes, "fact", "4"], attach_method="kprobe")

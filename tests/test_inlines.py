@@ -33,8 +33,8 @@ def _traced(tmp_path, name, args, *options):
 
 
 @pytest.mark.parametrize("mode", ["count", "hit"])
-def test_c_functions_inlined_at_o2_have_gcov_s_o0_counts(bpf, tmp_path, mode):
-    report, out = _traced(tmp_path, "inlines", ["10"], "--mode", mode)
+def test_c_functions_inlined_at_o2_have_gcov_s_o0_counts(bpf, tmp_path, mode, attach_method):
+    report, out = _traced(tmp_path, "inlines", ["10"], "--mode", mode, "--attach-method", attach_method)
     fs = _functions(report, "inlines")
     oracle = gcov_counts(target("gcov", "inlines"), ["10"], tmp_path)
     assert (fs["helper"]["status"], fs["helper"]["count"], fs["helper"]["inlined_instances"]) == ("hit", 0, 1)
@@ -51,8 +51,8 @@ def test_c_functions_inlined_at_o2_have_gcov_s_o0_counts(bpf, tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", ["count", "hit"])
-def test_cpp_templates_and_header_members_inlined_at_o2(bpf, tmp_path, mode):
-    report, _ = _traced(tmp_path, "inlines-cpp", ["10"], "--mode", mode)
+def test_cpp_templates_and_header_members_inlined_at_o2(bpf, tmp_path, mode, attach_method):
+    report, _ = _traced(tmp_path, "inlines-cpp", ["10"], "--mode", mode, "--attach-method", attach_method)
     fs = _functions(report, "inlines-cpp")
     square_long, square_double = fs["long square<long>(long)"], fs["double square<double>(double)"]
     add, get = fs["Counter::add(long)"], fs["Counter::get() const"]

@@ -3,8 +3,8 @@
 One generated object holds one function per instruction form: VEX in its 2- and 3-byte
 forms, EVEX, each refused prefix, fs/gs, rep/repne/bnd, operand-size branches, an int3
 already in place, system instructions. A process maps it; each function's entry is then
-probed alone, with a uprobe_multi link on that process, and the kernel's answer must be
-the model's.
+probed alone, with a link on that process (a uprobe_multi link, and a perf-event uprobe:
+both attach methods), and the kernel's answer must be the model's.
 
 Accepting is not enough: some VEX instructions the kernel accepts and then emulates as a
 branch instead of running them. Those are executed under a probe, and must be exactly the
@@ -17,6 +17,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import ATTACH_METHODS
 
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.insn import kernel_refusal, misemulation, refusal
@@ -80,25 +81,25 @@ def _entries(binary: str) -> dict[str, tuple[int, bytes]]:
                 for s in obj.function_symbols() if s.name.startswith("f_")}
 
 
-@pytest.fixture(scope="module")
-def program():
+@pytest.fixture(scope="module", params=ATTACH_METHODS)
+def program(request):
     from bpfcov.engine.program import CounterProgram, ProgramOptions
-    program = CounterProgram(256, ProgramOptions(hit_mode=False))
+    program = CounterProgram(256, ProgramOptions(hit_mode=False, attach_method=request.param))
     yield program
     program.close()
 
 
 def test_the_model_predicts_what_the_running_kernel_probes(bpf, forms_process, program):
     from bpfcov.engine.tracer import REFUSALS
-    from bpfcov.engine.uprobe_multi import LinkError, create_link
+    from bpfcov.engine.uprobe_multi import LinkError
     binary, pid = forms_process
     entries = _entries(binary)
     assert len(entries) == len(FORMS)
     wrong = []
     for name, (offset, code) in sorted(entries.items()):
         try:
-            fd = create_link(program.prog_fd, binary, np.array([offset], dtype=np.uint64),
-                             np.zeros(1, dtype=np.uint64), pid)
+            fd = program.method.create_link(program.prog_fd, binary, np.array([offset], dtype=np.uint64),
+                                            np.zeros(1, dtype=np.uint64), pid)
         except LinkError as e:
             assert e.errno in REFUSALS, (name, e)
             kernel = f"refused ({e.errno})"
@@ -128,11 +129,11 @@ def test_a_refused_probe_never_sinks_its_link(bpf, forms_process, program):
     try:
         tracer.add_object("forms", binary, offsets, 0)
         assert tracer.attach(pid, "forms")
-        shard = tracer.shards[0]
-        refused = {names[i] for i in np.flatnonzero(~shard.live)}
+        live = np.concatenate([shard.live for shard in tracer.shards])
+        refused = {names[i] for i in np.flatnonzero(~live)}
         assert refused == {n for n in names if kernel_refusal(entries[n][1]) is not None}
         assert sorted(asked) == sorted(names.index(n) for n in refused)
-        assert pid in shard.links and shard.links[pid][1] == len(names) - len(refused)
+        assert sum(shard.links[pid][1] for shard in tracer.shards if pid in shard.links) == len(names) - len(refused)
     finally:
         tracer.close()
 
@@ -192,13 +193,12 @@ def _run_form(binary: str, name: str, probe_at: int | None, program) -> str:
     the process's death shows as "died"."""
     import os
 
-    from bpfcov.engine.uprobe_multi import create_link
     proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     fd = None
     try:
         if probe_at is not None:
-            fd = create_link(program.prog_fd, binary, np.array([probe_at], dtype=np.uint64),
-                             np.zeros(1, dtype=np.uint64), proc.pid)
+            fd = program.method.create_link(program.prog_fd, binary, np.array([probe_at], dtype=np.uint64),
+                                            np.zeros(1, dtype=np.uint64), proc.pid)
         out, _ = proc.communicate(name + "\n", timeout=30)
     finally:
         if fd is not None:

@@ -58,12 +58,12 @@ def test_a_launcher_s_program_is_covered_with_gcov_s_counts(bpf, tmp_path, how):
     _compare(report, oracle, ["shapes", "launcher"])
 
 
-def test_make_test_covers_every_test_program_with_summed_counts(bpf, tmp_path):
+def test_make_test_covers_every_test_program_with_summed_counts(bpf, tmp_path, attach_method):
     makefile = tmp_path / "Makefile"
     makefile.write_text("test:\n" + "".join(f"\t{line.replace('{B}', '$(B)')}\n"
                                             for line in _suite_lines("{B}")))
     report, oracle, result = _traced_and_oracle(
-        tmp_path, lambda b: ["make", "-s", "-f", str(makefile), f"B={b}", "test"])
+        tmp_path, lambda b: ["make", "-s", "-f", str(makefile), f"B={b}", "test"], "--attach-method", attach_method)
     _compare(report, oracle, ["shapes", "inventory", "threads"])
     assert function_counts(report, "shapes")["factorial"] > 0
     # make (and any shell it starts) is a launcher, said so in the summary.
