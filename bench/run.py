@@ -52,10 +52,13 @@ def run_workload(mode: str, n: int, out: Path) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"bench: {mode} N={n} failed:\n{result.stderr[-2000:]}")
     row = {"program_seconds": seconds_of(result.stderr), "wall_seconds": wall}
-    if mode in ("hit", "count", "lines"):
+    if mode in TRACED_MODES:
         from bpfcov.data import store
         row["stats"] = store.read(str(out / "bpfcov.db")).stats
     return row
+
+
+TRACED_MODES = ("hit", "count", "lines")
 
 
 def summarize(values: list[float]) -> dict:
@@ -86,11 +89,16 @@ def workload_rows(n: int, modes: list[str], runs: int, tmp: Path) -> dict:
     return rows
 
 
+PERF_EVENT_MOST_PROBES = 10_100
+
+
 def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
-    """Attach and detach time of N probes on a synthesized many-function binary."""
+    """Attach and detach time of N probes on a synthesized many-function binary, with
+    each attach method."""
     from bench.many_functions import write
     from bpfcov.engine.plan import plan_object
     from bpfcov.engine.program import CounterProgram, ProgramOptions
+    from bpfcov.engine.session import raise_fd_limit
     from bpfcov.engine.tracer import Tracer
     from bpfcov.probes.index import index_object
     rows = []
@@ -103,19 +111,23 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
         index = index_object(str(binary), use_cache=False, quiet=True)
         cold = time.perf_counter() - start
         plan = plan_object(index, 0)
-        program = CounterProgram(plan.probe_count, ProgramOptions(hit_mode=True))
-        tracer = Tracer(program)
-        start = time.perf_counter()
-        tracer.add_object(index.path, index.path, plan.offsets, 0)
-        tracer.attach(0, index.path)  # no process maps it: the registration alone
-        attach = time.perf_counter() - start
-        links = len(tracer.shards)
-        start = time.perf_counter()
-        tracer.close()
-        detach = time.perf_counter() - start
-        program.close()
-        rows.append({"probes": plan.probe_count, "links": links, "attach_seconds": attach,
-                     "detach_seconds": detach, "index_seconds": cold})
+        # perf-event: a descriptor per probe (100,000 are over this VM's hard limit of
+        # 20,000), and the kernel releases them one at a time (10,000 take minutes).
+        for method in ("uprobe-multi", "perf-event") if count <= PERF_EVENT_MOST_PROBES else ("uprobe-multi",):
+            program = CounterProgram(plan.probe_count, ProgramOptions(hit_mode=True, attach_method=method))
+            tracer = Tracer(program)
+            raise_fd_limit(plan.probe_count, plan.probe_count)  # perf-event: a descriptor per probe
+            start = time.perf_counter()
+            tracer.add_object(index.path, index.path, plan.offsets, 0)
+            tracer.attach(0, index.path)  # no process maps it: the registration alone
+            attach = time.perf_counter() - start
+            links = sum(len(shard.links) for shard in tracer.shards)
+            start = time.perf_counter()
+            tracer.close()
+            detach = time.perf_counter() - start
+            program.close()
+            rows.append({"method": method, "probes": plan.probe_count, "links": links, "attach_seconds": attach,
+                         "detach_seconds": detach, "index_seconds": cold})
     return rows
 
 
@@ -155,6 +167,53 @@ def per_hit_rows(calls: int, runs: int, tmp: Path) -> dict:
     per_hit = {name: (statistics.median(samples[name]) - base) / calls * 1e6 for name in ("empty", "count")}
     return {"calls": calls, "runs": runs, "empty_us": per_hit["empty"], "count_us": per_hit["count"],
             "added_percent": 100.0 * (per_hit["count"] - per_hit["empty"]) / per_hit["empty"]}
+
+
+REMOVAL_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+__attribute__((noinline)) void work(void) { __asm__ volatile(""); }
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+int main(int argc, char **argv) {
+    /* Call work() until 100,000 calls in a row run untrapped: the last trapped call is
+       when the breakpoint left. A trap makes every call slow (~1 us); an interrupt makes
+       one call slow now and then, so a call counts as trapped when the one before was
+       slow too. */
+    double limit = atof(argv[1]), start = now(), last_trapped = start;
+    long untrapped = 0;
+    int slow_before = 0;
+    while (untrapped < 100000 && now() - start < limit) {
+        double before = now();
+        work();
+        double after = now();
+        int slow = after - before > 400e-9;
+        if (slow && slow_before) { last_trapped = after; untrapped = 0; } else untrapped++;
+        slow_before = slow;
+    }
+    fprintf(stderr, "removal-seconds: %.6f\n", last_trapped - start);
+    return 0;
+}
+"""
+
+
+def removal_rows(runs: int, tmp: Path) -> dict:
+    """Hit mode: how long a probe's breakpoint stays after its first hit, with each attach
+    method. A program calls one function in a loop and times every call; a trapped call
+    takes a microsecond or more, an untrapped one tens of nanoseconds."""
+    source, binary = tmp / "removal.c", tmp / "removal"
+    source.write_text(REMOVAL_PROGRAM)
+    subprocess.run(["gcc", "-O1", "-o", binary, source], check=True)
+    samples: dict[str, list[float]] = {"uprobe-multi": [], "perf-event": []}
+    for _ in range(runs):
+        for method in samples:
+            result = subprocess.run(BPFCOV + ["run", "-q", "-o", str(tmp / "removal-out"), "--format", "json",
+                                              "--attach-method", method, "--", str(binary), "10"],
+                                    capture_output=True, text=True, cwd=ROOT)
+            if result.returncode != 0:
+                raise SystemExit(f"bench: removal with {method} failed:\n{result.stderr[-2000:]}")
+            samples[method].append(float(re.search(r"removal-seconds: ([\d.]+)", result.stderr).group(1)))
+    return {method: summarize(values) for method, values in samples.items()}
 
 
 def _trace_in_background(args: list[str], out: Path) -> subprocess.Popen:
@@ -401,18 +460,27 @@ def markdown(results: dict) -> str:
             lines.append(f"| {int(n):,} | {mode} | {fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}), "
                          f"{p['runs']} runs | "
                          f"{fmt(r['program_ratio'])}× | {fmt(r['wall']['median'])} | "
-                         f"{fmt(r['fixed_cost_seconds']) if mode in ('hit', 'count', 'lines') else '–'} | {extra} |")
+                         f"{fmt(r['fixed_cost_seconds']) if mode in TRACED_MODES else '–'} | {extra} |")
     h = results["per_hit"]
     lines += ["", "## Cost of a counted hit (count mode)", "",
               f"A loop calling one function {h['calls']:,} times, median of {h['runs']} interleaved runs: "
               f"{h['empty_us']:.2f} µs a hit with an empty BPF program (the trap alone), {h['count_us']:.2f} µs "
               f"with bpfcov's counting program: the program adds {h['added_percent']:.1f}%.", ""]
     lines += ["", "## Attach and detach (synthesized binary, one function per probe)", "",
-              "| probes | links | attach s | detach s | index s (cold) |", "| --- | --- | --- | --- | --- |"]
+              "| method | probes | links | attach s | detach s | index s (cold) |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in results["attach"]:
-        lines.append(f"| {r['probes']:,} | {r['links']} | {fmt(r['attach_seconds'], 3)} | "
+        lines.append(f"| {r['method']} | {r['probes']:,} | {r['links']:,} | {fmt(r['attach_seconds'], 3)} | "
                      f"{fmt(r['detach_seconds'], 3)} | "
                      f"{fmt(r['index_seconds'], 2)} |")
+    rm = results["removal"]
+    lines += ["", "## Removal of a probe after its first hit (hit mode)", "",
+              "A loop calls one function and times each call; the breakpoint has left when calls stop taking a "
+              f"trap's microsecond. Median of {rm['perf-event']['runs']} interleaved runs: uprobe-multi (a new "
+              f"link without the probe) {fmt(1000 * rm['uprobe-multi']['median'], 1)} ms "
+              f"({fmt(1000 * rm['uprobe-multi']['min'], 1)}–{fmt(1000 * rm['uprobe-multi']['max'], 1)}); "
+              f"perf-event (the probe's own link closed) {fmt(1000 * rm['perf-event']['median'], 1)} ms "
+              f"({fmt(1000 * rm['perf-event']['min'], 1)}–{fmt(1000 * rm['perf-event']['max'], 1)})."]
     lines += ["", "## Processes outside the trace", "",
               "A process that is not traced, run while a trace is active, against runs with no trace (links carry "
               "the traced process's pid, so no other process gets a breakpoint):", "",
@@ -484,6 +552,8 @@ def main() -> None:
         results["per_hit"] = per_hit_rows(20_000 if args.quick else 1_000_000, runs, tmp)
         print("bench: attach and detach", file=sys.stderr)
         results["attach"] = attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000], tmp)
+        print("bench: removal of a probe after its first hit", file=sys.stderr)
+        results["removal"] = removal_rows(runs, tmp)
         print("bench: processes outside a trace", file=sys.stderr)
         results["outside"] = outside_rows(2000 if args.quick else 1_000_000, 10_000 if args.quick else 2_000_000,
                                           runs, tmp)

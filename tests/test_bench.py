@@ -16,12 +16,17 @@ def test_bench_quick_fills_every_section(bpf, tmp_path):
     assert set(results["workload"]["2000"]) == {"untraced", "hit", "lines", "count"}
     assert results["workload"]["2000"]["hit"]["probes"] > 1000
     assert results["per_hit"]["calls"] == 20_000 and results["per_hit"]["count_us"] > 0
-    assert [r["probes"] // 100 for r in results["attach"]] == [1, 10]  # N functions plus main and crt
+    # N functions plus main and crt, with each attach method; perf-event links one per probe
+    assert [(r["method"], r["probes"] // 100) for r in results["attach"]] == \
+        [("uprobe-multi", 1), ("perf-event", 1), ("uprobe-multi", 10), ("perf-event", 10)]
+    assert all(r["links"] == r["probes"] for r in results["attach"] if r["method"] == "perf-event")
+    assert results["removal"]["uprobe-multi"]["median"] > 0 and results["removal"]["perf-event"]["median"] > 0
     assert set(results["outside"]) == {"same binary", "libc code"}
     assert results["pytest"]["probes"] > 100_000
     assert results["accuracy"]["count"]["missed"] == []
     assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
     text = (tmp_path / "RESULTS.md").read_text()
-    for heading in ("sqlite workload", "counted hit", "Attach and detach", "outside the trace", "test runner",
+    for heading in ("sqlite workload", "counted hit", "Attach and detach", "Removal of a probe", "outside the trace",
+                    "test runner",
                     "Indexing", "Reports", "Accuracy"):
         assert heading in text
