@@ -92,7 +92,8 @@ def _check(method: AttachMethod) -> None:
 
 
 # BPF_PROG_LOAD of a two-instruction program (r0 = 0; exit) of type kprobe: enough to ask
-# the kernel whether it links such a program, without compiling counter.c.
+# the kernel whether it links such a program, without compiling counter.c. (The syscall's
+# number is repeated here rather than imported: uprobe_multi.py imports numpy.)
 _SYS_BPF = 321
 _BPF_PROG_LOAD = 5
 _BPF_PROG_TYPE_KPROBE = 2

@@ -36,10 +36,9 @@ import os
 
 import numpy as np
 
-from bpfcov.engine.uprobe_multi import SYS_BPF, LinkError, explain_errno
+from bpfcov.engine.uprobe_multi import BPF_LINK_CREATE, SYS_BPF, LinkError, explain_errno
 
 SYS_PERF_EVENT_OPEN = 298  # x86-64
-BPF_LINK_CREATE = 28
 BPF_PERF_EVENT = 41
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 UPROBE_PMU_TYPE = "/sys/bus/event_source/devices/uprobe/type"
