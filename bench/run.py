@@ -116,7 +116,7 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
         for method in ("uprobe-multi", "perf-event") if count <= PERF_EVENT_MOST_PROBES else ("uprobe-multi",):
             program = CounterProgram(plan.probe_count, ProgramOptions(hit_mode=True, attach_method=method))
             tracer = Tracer(program)
-            raise_fd_limit(plan.probe_count, plan.probe_count)  # perf-event: a descriptor per probe
+            raise_fd_limit(-(-plan.probe_count // tracer.shard_size), plan.probe_count)  # a descriptor per link
             start = time.perf_counter()
             tracer.add_object(index.path, index.path, plan.offsets, 0)
             tracer.attach(0, index.path)  # no process maps it: the registration alone

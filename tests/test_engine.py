@@ -49,7 +49,7 @@ def traced(tmp_path, name, args, *options, flavour="O0", method="auto"):
     return coverage_json(out)
 
 
-# perf-event links are released one at a time, ~35 ms each (perf_uprobe.py): inventory's
+# perf-event links are released one at a time, 30-100 ms each (perf_uprobe.py): inventory's
 # 1,300 probes (libstdc++'s inlined code) take 45 s, so perf-event runs it with one input.
 PERF_EVENT_SKIPS = [("inventory", ["total"]), ("inventory", ["bad"])]
 

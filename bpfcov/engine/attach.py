@@ -5,7 +5,7 @@
 - `perf-event` (Linux 5.15 and later): one perf event and link per probe and process
   (perf_uprobe.py). Attaching costs a syscall pair per probe and a descriptor each; a
   probe is removed by closing its own link, but the kernel releases such links one at a
-  time, ~35 ms each on 6.18 (perf_uprobe_destroy holds event_mutex across grace periods):
+  time, 30-100 ms each on 6.18 (perf_uprobe_destroy holds event_mutex across grace periods):
   detaching 10,000 probes takes minutes. It suits hundreds or a few thousand probes.
 
 The choice is asked of the kernel, by creating a link of each kind on a file no process

@@ -24,7 +24,8 @@ read for 5.15, 6.1 and 6.18; forks, threads and execs are tested with this metho
 
 Releasing a probe is slow and serial: the link's release waits out a tasks-trace grace
 period, and the event's (perf_uprobe_destroy) holds the global event_mutex across three
-or four more: ~35 ms a probe on 6.18, one probe at a time whatever the threads.
+or four more: 30-100 ms a probe on 6.18 (10 to 30 a second here), one at a time whatever
+the threads.
 """
 
 from __future__ import annotations

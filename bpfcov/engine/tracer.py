@@ -78,7 +78,7 @@ class _LinkCloser:
     period (~30 ms here): closes in flight overlap their waits (821 links closed in 37 s
     one after another, in 0.85 s with 128 at a time). A perf-event link is released
     under the kernel's global event_mutex, with three or four grace periods inside it
-    (perf_uprobe_destroy on 6.18): ~35 ms each, one at a time whatever the threads. There
+    (perf_uprobe_destroy on 6.18): 30-100 ms each, one at a time whatever the threads. There
     more workers only blur the order, and the order matters: hottest probes first."""
 
     def __init__(self, workers: int):
