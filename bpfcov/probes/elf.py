@@ -64,7 +64,7 @@ class ElfObject:
             raise
 
     def _check_header(self) -> None:
-        head = self._file.read(20)
+        head = self._file.read(64)
         self._file.seek(0)
         if head[:4] != b"\x7fELF":
             raise BpfcovError(f"{self.path}: not an ELF file")
@@ -78,6 +78,13 @@ class ElfObject:
         size = os.fstat(self._file.fileno()).st_size
         if size < 64:
             raise BpfcovError(f"{self.path}: truncated ELF file ({size} bytes)")
+        # Linkers write the section header table last: a file cut short loses it first, and
+        # pyelftools would only say that it cannot parse what is missing.
+        shoff, = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+        if shoff + shentsize * shnum > size:
+            raise BpfcovError(f"{self.path}: truncated ELF file ({size:,} bytes, its section headers "
+                              f"end at byte {shoff + shentsize * shnum:,})")
         self._size = size
 
     def _exec_segments(self) -> list[Segment]:
@@ -137,6 +144,14 @@ class ElfObject:
         if crc_at + 4 > len(data):
             return None
         return os.path.basename(name), struct.unpack_from("<I", data, crc_at)[0]
+
+    def declared_size(self) -> int:
+        """The bytes the file's headers say it spans: more than its size means it was cut."""
+        end = self.elf.header.e_shoff + self.elf.header.e_shentsize * self.elf.header.e_shnum
+        for section in self.elf.iter_sections():
+            if section.header.sh_type != "SHT_NOBITS":
+                end = max(end, section.header.sh_offset + section.header.sh_size)
+        return end
 
     def has_symtab(self) -> bool:
         return self.elf.get_section_by_name(".symtab") is not None
