@@ -34,7 +34,24 @@ class Progress:
             self.stream.write(f"bpfcov: {self.label}: {phase}...\n")
             self._last_phase = phase
 
+    def transfer(self, phase: str, received: int, total: int) -> None:
+        """A download's progress, in bytes of `total` (0: not known yet)."""
+        if self.quiet or time.monotonic() - self.start < self.DELAY:
+            return
+        if self._tty:
+            of = f" of {_megabytes(total)}" if total > 0 else ""
+            self.stream.write(f"\rbpfcov: {self.label}: {phase} {_megabytes(received)}{of}\x1b[K")
+            self.stream.flush()
+            self.shown = True
+        elif phase != self._last_phase and total > 0:  # a log gets one line, once the size is known
+            self.stream.write(f"bpfcov: {self.label}: {phase} ({_megabytes(total)})...\n")
+            self._last_phase = phase
+
     def done(self) -> None:
         if self.shown and self._tty:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
