@@ -238,7 +238,7 @@ def test_cache_is_used_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
     entries[0].write_bytes(b"garbage")
     third = index_object(path, lines=True)
     assert _comparable(third) == _comparable(first)
-    key = cache.key_for(path, True, ())
+    key = cache.key_for(path, True, None)
     assert cache.load(key) is not None  # rewritten whole
 
 

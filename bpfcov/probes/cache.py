@@ -2,7 +2,7 @@
 
 Entries live under $XDG_CACHE_HOME/bpfcov (default ~/.cache/bpfcov), one .npz file each,
 keyed by the object's build-id (or, without one, its real path, size and mtime), whether
-it carries its own symbols and DWARF (else which debug file it would use), and the options
+it carries its own symbols and DWARF (else which debug file it uses), and the options
 that shape the index. numpy loads them with allow_pickle=False, so a planted file
 cannot run code; an entry that fails to load or whose recorded key differs is deleted and
 rebuilt, never trusted.
@@ -17,7 +17,6 @@ import tempfile
 
 import numpy as np
 
-from bpfcov.probes.debuginfo import find_debug_file
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.model import LineTable, ObjectIndex, function_from_record, function_record
 
@@ -32,16 +31,16 @@ def cache_dir() -> str:
     return os.path.join(base, "bpfcov")
 
 
-def key_for(path: str, lines: bool, debug_dirs: tuple[str, ...]) -> str:
+def key_for(path: str, lines: bool, debug_file: str | None) -> str:
+    """The key of the index of `path` built with symbols and DWARF from `debug_file`."""
     with ElfObject(path) as obj:
         build_id = obj.build_id()
         # The same build stripped or not, with or without its debug file, indexes differently.
         complete = obj.has_symtab() and obj.has_dwarf()
-        debug_file = None if complete else find_debug_file(obj, debug_dirs)
     st = os.stat(path)
     identity = f"build-id:{build_id}" if build_id else f"file:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
     debug = [debug_file, os.stat(debug_file).st_mtime_ns] if debug_file else None
-    text = json.dumps([SCHEMA, identity, complete, debug, lines, sorted(debug_dirs)])
+    text = json.dumps([SCHEMA, identity, complete, debug, lines])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

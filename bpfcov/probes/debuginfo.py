@@ -1,10 +1,11 @@
 """Finding separate debug information for a stripped object.
 
-Two conventions, tried in this order (as gdb does):
+On local disk first, by two conventions, tried in this order (as gdb does):
 - by build-id: <root>/.build-id/xx/rest.debug, where the file's own build-id must match;
 - by .gnu_debuglink: a file name plus CRC32, looked for next to the object, in .debug/
   beside it, and under <root>/<object's directory>/; the CRC must match.
-Roots are the user's --debug-dir folders, then /usr/lib/debug.
+Roots are the user's --debug-dir folders, then /usr/lib/debug. Then, when servers are
+named (DEBUGINFOD_URLS or --debuginfod), from debuginfod by build-id (debuginfod.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 import zlib
 
 from bpfcov.errors import BpfcovError
+from bpfcov.probes import debuginfod
 from bpfcov.probes.elf import ElfObject
+from bpfcov.progress import Progress
 
 DEFAULT_ROOTS = ("/usr/lib/debug",)
 
@@ -61,3 +64,21 @@ def find_debug_file(obj: ElfObject, extra_roots: tuple[str, ...] = ()) -> str | 
             except OSError:
                 continue
     return None
+
+
+def locate_debug_file(obj: ElfObject, extra_roots: tuple[str, ...] = (),
+                      progress: Progress | None = None) -> tuple[str | None, str | None]:
+    """(the separate debug file `obj` needs, or None; why debuginfod gave none, when asked).
+    An object with its own symbols and DWARF needs none."""
+    if obj.has_symtab() and obj.has_dwarf():
+        return None, None
+    local = find_debug_file(obj, extra_roots)
+    if local is not None or not debuginfod.enabled():
+        return local, None
+    build_id = obj.build_id()
+    if not build_id:
+        return None, "it has no build-id to ask debuginfod for its debug info"
+    try:
+        return debuginfod.fetch_debuginfo(build_id, progress), None
+    except debuginfod.DebuginfodError as e:
+        return None, f"debuginfod: {e}"

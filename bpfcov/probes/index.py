@@ -18,7 +18,7 @@ import numpy as np
 
 from bpfcov.errors import BpfcovError, NoFunctionsError
 from bpfcov.probes import cache
-from bpfcov.probes.debuginfo import find_debug_file
+from bpfcov.probes.debuginfo import locate_debug_file
 from bpfcov.probes.demangle import demangle_all
 from bpfcov.probes.dwarf import DwarfUnreadable, LineRows, read_line_rows
 from bpfcov.probes.elf import ElfObject, Symbol
@@ -252,22 +252,20 @@ def _with_inlined(obj: ElfObject, functions: list[Function], sources: list[Sourc
     return out + extra
 
 
-def _build(path: str, name: str, lines: bool, debug_dirs: tuple[str, ...], progress: Progress) -> ObjectIndex:
-    """The index of the object read at `path`, called `name` in messages and reports."""
+def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: Progress) -> ObjectIndex:
+    """The index of the object read at `path`, called `name` in messages and reports, with
+    symbols and DWARF from the separate file `debug_path` where it lacks them."""
     warnings: list[str] = []
     with ElfObject(path) as obj:
         build_id = obj.build_id()
-        debug_path = None
         symbols_from, dwarf_from = obj, obj
         debug_obj = None
-        if not obj.has_symtab() or not obj.has_dwarf():
-            debug_path = find_debug_file(obj, debug_dirs)
-            if debug_path:
-                debug_obj = ElfObject(debug_path)
-                if debug_obj.has_symtab():
-                    symbols_from = debug_obj
-                if debug_obj.has_dwarf():
-                    dwarf_from = debug_obj
+        if debug_path:
+            debug_obj = ElfObject(debug_path)
+            if debug_obj.has_symtab():
+                symbols_from = debug_obj
+            if debug_obj.has_dwarf():
+                dwarf_from = debug_obj
         try:
             progress.update("reading symbols")
             symbols = [s for s in symbols_from.function_symbols() if obj.file_offset(s.address) is not None]
@@ -327,15 +325,23 @@ def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (
     `name` is the object's path as reports show it, when `path` is only a way to open it
     (a process's /proc/PID/map_files entry, or its view of another mount namespace)."""
     name = name or os.path.abspath(path)
-    key = cache.key_for(path, lines, debug_dirs) if use_cache else None
-    if key is not None:
-        cached = cache.load(key)
-        if cached is not None:
-            cached.path = name
-            return cached
     progress = Progress(f"indexing {os.path.basename(name)}", quiet=quiet)
+    no_debuginfod = None
     try:
-        index = _build(path, name, lines, debug_dirs, progress)
+        with ElfObject(path) as obj:
+            debug_path, no_debuginfod = locate_debug_file(obj, debug_dirs, progress)
+        key = cache.key_for(path, lines, debug_path) if use_cache else None
+        index = cache.load(key) if key is not None else None
+        if index is not None:
+            index.path = name
+        else:
+            index = _build(path, name, lines, debug_path, progress)
+            if key is not None:
+                cache.store(key, index)
+    except NoFunctionsError as e:
+        if no_debuginfod:
+            raise NoFunctionsError(f"{name}: no function symbols to probe: it is stripped, and {no_debuginfod}") from e
+        raise
     except BpfcovError:
         raise
     except Exception as e:
@@ -344,6 +350,8 @@ def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (
         raise BpfcovError(f"{name}: malformed ELF file ({type(e).__name__}: {str(e)[:200]})") from e
     finally:
         progress.done()
-    if key is not None:
-        cache.store(key, index)
+    if no_debuginfod:
+        # Said on every run, never cached: the next run may well find the server up.
+        index.warnings = [f"{name}: {no_debuginfod}; traced from its own symbols, without its source lines",
+                          *index.warnings]
     return index
