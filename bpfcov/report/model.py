@@ -46,6 +46,7 @@ class SourceFile:
     original_path: str                 # as the compiler recorded it (for reading the source)
     functions: list[FunctionRow] = field(default_factory=list)
     lines: dict[int, int] = field(default_factory=dict)  # measured line -> count
+    build_ids: list[str] = field(default_factory=list)  # of the objects built from it
 
     @property
     def functions_hit(self) -> int:

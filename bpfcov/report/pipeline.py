@@ -91,6 +91,8 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
             if row.file is not None and row.line is not None and status not in ("unmeasured", "no-code"):
                 source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
                 source.functions.append(row)
+                if index.build_id and index.build_id not in source.build_ids:
+                    source.build_ids.append(index.build_id)
                 if not run.lines:
                     source.lines[row.line] = source.lines.get(row.line, 0) + count
                 elif status == "hit":

@@ -1,8 +1,11 @@
-"""Reading source files for reports, only from under --source-root.
+"""Reading source files for reports, only from under --source-root, or from debuginfod.
 
 Paths in DWARF come from the binary and are untrusted: a hostile binary can name
 /etc/shadow as its source. Only a file whose real path (symlinks resolved) lies under the
-source root is ever opened; anything else is shown by name alone.
+source root is ever opened; anything else is shown by name alone. With
+--debuginfod-sources, a file not readable here is asked of the debuginfod servers by the
+build-id of an object built from it; what a server sends is text to show, which the
+HTML report escapes like any other.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import os
 class SourceReader:
     MAX_BYTES = 8 << 20
 
-    def __init__(self, root: str | None):
+    def __init__(self, root: str | None, debuginfod_sources: bool = False):
         self.root = os.path.realpath(root or os.getcwd())
+        self.debuginfod_sources = debuginfod_sources
         self._cache: dict[str, list[str] | None] = {}
+        self._fetched: dict[str, list[str] | None] = {}
+        self._not_fetched: dict[str, str] = {}  # path -> why debuginfod gave nothing
 
     def _inside(self, path: str) -> str | None:
         """The real path of `path` if it lies under the root, else None."""
@@ -34,8 +40,33 @@ class SourceReader:
 
     def why_unreadable(self, path: str) -> str:
         if self._inside(path) is None:
-            return "it is outside --source-root, so it was not read"
-        return "it was not found under --source-root"
+            why = "it is outside --source-root, so it was not read"
+        else:
+            why = "it was not found under --source-root"
+        if path in self._not_fetched:
+            why += f", and debuginfod gave none: {self._not_fetched[path]}"
+        return why
+
+    def fetched_lines(self, path: str, build_ids: list[str]) -> list[str] | None:
+        """The file's lines from the debuginfod servers (with --debuginfod-sources only),
+        asking by the build-id of each object built from it until one has it."""
+        if not self.debuginfod_sources or not build_ids:
+            return None
+        if path in self._fetched:
+            return self._fetched[path]
+        from bpfcov.probes import debuginfod
+        text = None
+        if not debuginfod.enabled():
+            self._not_fetched[path] = "no server is named (DEBUGINFOD_URLS or --debuginfod)"
+        for build_id in build_ids if debuginfod.enabled() else ():
+            try:
+                text = debuginfod.fetch_source(build_id, path)
+                self._not_fetched.pop(path, None)
+                break
+            except debuginfod.DebuginfodError as e:
+                self._not_fetched[path] = str(e)
+        self._fetched[path] = text
+        return text
 
     def lines(self, path: str) -> list[str] | None:
         if path in self._cache:

@@ -54,9 +54,9 @@ def _write_folder(path: str, render) -> None:
 
 
 def write_reports(report: Report, out_dir: str, formats: list[str], source_root: str | None = None,
-                  lcov_format: int = 1) -> list[str]:
+                  lcov_format: int = 1, debuginfod_sources: bool = False) -> list[str]:
     """Write each requested format into `out_dir`; return the paths written."""
-    context = WriteContext(SourceReader(source_root), lcov_format)
+    context = WriteContext(SourceReader(source_root, debuginfod_sources), lcov_format)
     written = []
     try:
         os.makedirs(out_dir, exist_ok=True)

@@ -75,6 +75,8 @@ def pages(report: Report, sources: SourceReader):
         text = sources.lines(source.original_path)
         if text is None and source.path != source.original_path:
             text = sources.lines(source.path)  # a --path-map may point at a local checkout
+        if text is None:
+            text = sources.fetched_lines(source.original_path, source.build_ids)
         why = "" if text is not None else sources.why_unreadable(source.original_path)
         lines = None
         if text is not None:
