@@ -63,13 +63,15 @@ class Coverage:
         return [dict(function_json(f), object=o.path) for o in self.report().objects for f in o.functions]
 
     def write(self, out_dir: str, formats: Iterable[str] | None = None, *, source_root: str | None = None,
-              lcov_format: int = 1, **report_options) -> list[str]:
+              lcov_format: int = 1, debuginfod_sources: bool = False, **report_options) -> list[str]:
         """Write the reports named by `formats` (default: lcov, html, json) into `out_dir`;
-        return the paths written. `report_options` are those of report()."""
+        return the paths written. `debuginfod_sources`: as --debuginfod-sources (from the
+        servers in DEBUGINFOD_URLS). `report_options` are those of report()."""
         from bpfcov.report.formats import DEFAULT_FORMATS, parse_formats
         from bpfcov.report.writers import write_reports
         names = parse_formats(",".join(formats if formats is not None else DEFAULT_FORMATS))
-        return write_reports(self.report(**report_options), out_dir, names, source_root, lcov_format)
+        return write_reports(self.report(**report_options), out_dir, names, source_root, lcov_format,
+                             debuginfod_sources=debuginfod_sources)
 
     def save(self, path: str) -> None:
         """Write the data file (SQLite, replaced atomically)."""
@@ -101,6 +103,17 @@ def _trace_options(mode: str, lines: bool, include: Iterable[str], exclude: Iter
                         quiet=quiet, attach_method=attach_method)
 
 
+def _debuginfod_servers(urls: Sequence[str]):
+    """DEBUGINFOD_URLS replaced by `urls` for one trace (none given: left as it is)."""
+    from bpfcov.probes.debuginfod import check_url, servers
+    if isinstance(urls, str):
+        urls = [urls]
+    try:
+        return servers([check_url(url) for url in urls])
+    except ValueError as e:
+        raise BpfcovError(f"debuginfod: {e}") from None
+
+
 def _done(traced, output: str | None) -> Coverage:
     if traced.coverage is None:
         raise BpfcovError("tracing did not start")
@@ -119,38 +132,44 @@ def _exec_policy(include_paths: Iterable[str], exclude_paths: Iterable[str], all
 def run(argv: Sequence[str], *, output: str | None = None, mode: str = "hit", lines: bool = False,
         libs: bool = False, objects: Iterable[str] = (), include: Iterable[str] = (), exclude: Iterable[str] = (),
         include_paths: Iterable[str] = (), exclude_paths: Iterable[str] = (), all_execs: bool = False,
-        duration: float | None = None, attach_method: str = "auto", quiet: bool = True) -> Coverage:
+        duration: float | None = None, attach_method: str = "auto", debuginfod: Sequence[str] = (),
+        quiet: bool = True) -> Coverage:
     """Run a command and cover it and every process it starts. The programs they exec are
     probed when they lie under `include_paths` (default: the current folder) and not under
     `exclude_paths`, or all of them with `all_execs`. With `output`, the data file is
     written there as OUTPUT/bpfcov.db. `attach_method`: as --attach-method (auto,
-    uprobe-multi, perf-event)."""
+    uprobe-multi, perf-event). `debuginfod`: server URLs, as --debuginfod."""
     from bpfcov.engine.targets import trace_command
-    traced = trace_command(list(argv), _trace_options(mode, lines, include, exclude, quiet, attach_method),
-                           list(objects), libs,
-                           duration, execs=_exec_policy(include_paths, exclude_paths, all_execs))
+    options = _trace_options(mode, lines, include, exclude, quiet, attach_method)
+    with _debuginfod_servers(debuginfod):
+        traced = trace_command(list(argv), options, list(objects), libs,
+                               duration, execs=_exec_policy(include_paths, exclude_paths, all_execs))
     return _done(traced, output)
 
 
 def attach(pid: int, *, output: str | None = None, mode: str = "hit", lines: bool = False, libs: bool = False,
            objects: Iterable[str] = (), include: Iterable[str] = (), exclude: Iterable[str] = (),
            include_paths: Iterable[str] = (), exclude_paths: Iterable[str] = (), all_execs: bool = False,
-           duration: float | None = None, attach_method: str = "auto", quiet: bool = True) -> Coverage:
+           duration: float | None = None, attach_method: str = "auto", debuginfod: Sequence[str] = (),
+           quiet: bool = True) -> Coverage:
     """Cover a running process (and the children it forks, and the programs they exec, as
     for run) until it exits or `duration` ends."""
     from bpfcov.engine.targets import trace_pid
-    traced = trace_pid(pid, _trace_options(mode, lines, include, exclude, quiet, attach_method), list(objects), libs,
-                       duration,
-                       execs=_exec_policy(include_paths, exclude_paths, all_execs))
+    options = _trace_options(mode, lines, include, exclude, quiet, attach_method)
+    with _debuginfod_servers(debuginfod):
+        traced = trace_pid(pid, options, list(objects), libs, duration,
+                           execs=_exec_policy(include_paths, exclude_paths, all_execs))
     return _done(traced, output)
 
 
 def watch(path: str | Sequence[str], *, output: str | None = None, mode: str = "hit", lines: bool = False,
           include: Iterable[str] = (), exclude: Iterable[str] = (), duration: float | None = None,
-          attach_method: str = "auto", quiet: bool = True) -> Coverage:
+          attach_method: str = "auto", debuginfod: Sequence[str] = (), quiet: bool = True) -> Coverage:
     """Cover every process on the host that maps the object(s) at `path`, for `duration`
     seconds (or until SIGINT/SIGTERM)."""
     from bpfcov.engine.targets import trace_paths
     paths = [path] if isinstance(path, str) else list(path)
-    traced = trace_paths(paths, _trace_options(mode, lines, include, exclude, quiet, attach_method), duration)
+    options = _trace_options(mode, lines, include, exclude, quiet, attach_method)
+    with _debuginfod_servers(debuginfod):
+        traced = trace_paths(paths, options, duration)
     return _done(traced, output)

@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, argv: list[str]) -> int:
     try:
         apply_config(args, args.subparser, argv)
+        if getattr(args, "debuginfod", None):
+            from bpfcov.probes.debuginfod import servers
+            with servers(args.debuginfod):
+                return args.handler.run(args)
         return args.handler.run(args)
     except BpfcovError as e:
         if args.debug:

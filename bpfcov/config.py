@@ -62,6 +62,15 @@ def _attach_method(key: str, value: Any) -> str:
     return value
 
 
+def _debuginfod_urls(key: str, value: Any) -> list[str]:
+    from bpfcov.probes.debuginfod import check_url
+    urls = _texts(key, value)
+    try:
+        return [check_url(url) for url in urls]
+    except ValueError:
+        raise ValueError("a list of http://, https:// or file:// URLs") from None
+
+
 def _mode(key: str, value: Any) -> str:
     return Mode.parse(_text(key, value)).value
 
@@ -99,6 +108,8 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "all-execs": ("all_execs", _flag),
     "lcov-format": ("lcov_format", _lcov_format),
     "attach-method": ("attach_method", _attach_method),
+    "debuginfod": ("debuginfod", _debuginfod_urls),
+    "debuginfod-sources": ("debuginfod_sources", _flag),
 }
 
 

@@ -56,6 +56,20 @@ def path_map(text: str) -> tuple[str, str]:
     return old, new
 
 
+def debuginfod_url(text: str) -> str:
+    from bpfcov.probes.debuginfod import check_url
+    try:
+        return check_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_debuginfod_option(group) -> None:
+    group.add_argument("--debuginfod", action="append", default=[], type=debuginfod_url, metavar="URL",
+                       help="fetch missing debug info by build-id from this debuginfod server (repeatable; "
+                            "default: the servers in DEBUGINFOD_URLS)")
+
+
 def add_report_options(parser: argparse.ArgumentParser, with_output: bool = True) -> None:
     group = parser.add_argument_group("reports")
     if with_output:
@@ -71,6 +85,9 @@ def add_report_options(parser: argparse.ArgumentParser, with_output: bool = True
     group.add_argument("--relative-to", metavar="DIR", help="write source paths relative to DIR")
     group.add_argument("--source-root", metavar="DIR",
                        help="read source files only from under DIR for the HTML pages (default: the current folder)")
+    group.add_argument("--debuginfod-sources", action="store_true",
+                       help="fetch the source files the HTML pages cannot read locally from debuginfod "
+                            "(off by default: a server may send any file under any name)")
     group.add_argument("--fail-under", type=percent, metavar="PCT",
                        help="exit with status 2 when function coverage (line coverage with --lines) is below PCT")
 
@@ -89,6 +106,7 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
                        help="do not trace functions whose name matches (repeatable)")
     group.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
                        help="also look for separate debug files under DIR")
+    add_debuginfod_option(group)
     group.add_argument("--attach-method", choices=ATTACH_CHOICES, default=AUTO,
                        help="how probes are attached: uprobe-multi (Linux 6.6+, few links) or perf-event "
                             "(Linux 5.15+, one per probe); auto (default) asks the kernel which it has")
@@ -138,7 +156,8 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
         coverage.save(data_file)
     report = coverage.report(path_map=args.path_map, relative_to=args.relative_to, include=args.include,
                              exclude=args.exclude)
-    written = write_reports(report, args.output, parse_formats(args.format), args.source_root, args.lcov_format)
+    written = write_reports(report, args.output, parse_formats(args.format), args.source_root, args.lcov_format,
+                            debuginfod_sources=args.debuginfod_sources)
     t = report.totals
     if not quiet:
         unhit = t.functions_measured - t.functions_hit

@@ -6,7 +6,14 @@ import json
 import os
 import sys
 
-from bpfcov.commands.common import Command, add_report_options, check_output_dir, validate_formats, write_all
+from bpfcov.commands.common import (
+    Command,
+    add_debuginfod_option,
+    add_report_options,
+    check_output_dir,
+    validate_formats,
+    write_all,
+)
 
 
 def _merged(coverages, always: bool = False):
@@ -33,6 +40,7 @@ class ReportCommand(Command):
         parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                             help="leave out functions whose name matches (repeatable)")
         add_report_options(parser)
+        add_debuginfod_option(parser)  # for --debuginfod-sources
 
     def run(self, args) -> int:
         import bpfcov

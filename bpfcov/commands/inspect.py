@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bpfcov.commands.common import Command
+from bpfcov.commands.common import Command, add_debuginfod_option
 
 
 class SymbolsCommand(Command):
@@ -23,6 +23,7 @@ class SymbolsCommand(Command):
         parser.add_argument("--lines", action="store_true", help="include the line probes")
         parser.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
                             help="also look for separate debug files under DIR")
+        add_debuginfod_option(parser)
         parser.add_argument("--no-cache", action="store_true", help="index afresh, ignoring the cache")
 
     def run(self, args) -> int:

@@ -37,6 +37,7 @@ from bpfcov.engine.processes import executable_of, linked_libraries, process_exi
 from bpfcov.engine.program import program_options, spare_slots
 from bpfcov.engine.session import Session, TraceOptions
 from bpfcov.errors import BpfcovError
+from bpfcov.probes.debuginfod import child_environment
 from bpfcov.probes.elf import ElfObject
 
 POLL_SECONDS = 0.05
@@ -190,8 +191,9 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
                 if not stopper.stop_requested:  # else interrupted before the command started
                     try:
                         # The command stops at its exec (counter.c), where it is given its links.
+                        # The user's environment: --debuginfod set DEBUGINFOD_URLS for bpfcov alone.
                         proc = subprocess.Popen(command, executable=executable if is_elf else None,
-                                                preexec_fn=enter_cgroup)
+                                                preexec_fn=enter_cgroup, env=child_environment())
                     except OSError as e:
                         raise BpfcovError(f"cannot start {command[0]}: {e.strerror}") from None
                     _wait_loop(session, stopper, lambda: proc.poll() is None, duration, interval, on_snapshot)
