@@ -60,8 +60,11 @@ def target(flavour: str, name: str) -> str:
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    """Each test session indexes into its own cache, so no test depends on another's."""
+    """Each test session indexes into its own cache, so no test depends on another's; and
+    no test asks a debuginfod server the machine happens to name (none is reachable)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv("DEBUGINFOD_URLS", raising=False)
+    monkeypatch.setenv("DEBUGINFOD_CACHE_PATH", str(tmp_path_factory.getbasetemp() / "debuginfod-client"))
 
 
 def bpfcov(*args, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
