@@ -358,6 +358,44 @@ def index_rows(tmp: Path) -> list[dict]:
     return rows
 
 
+def debuginfod_row(runs: int, tmp: Path) -> dict:
+    """libpython's debug file served by a local debuginfod: the cold fetch (an empty client
+    cache each run), then the index built from it; this machine's own copy of the file, in
+    /usr/lib/debug, is left out so that the server is the only source."""
+    from bpfcov.probes import debuginfo
+    from bpfcov.probes.debuginfod import fetch_debuginfo, servers
+    from bpfcov.probes.elf import ElfObject
+    from bpfcov.probes.index import index_object
+    from tests.debuginfod_server import LocalDebuginfod
+    libpython = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
+    with ElfObject(libpython) as obj:
+        build_id, local = obj.build_id(), debuginfo.find_debug_file(obj)
+    assert build_id and local, "libpython's debug file comes with python3.11-dbg (scripts/setup-system.sh)"
+    served = tmp / "debuginfod-served"
+    served.mkdir()
+    shutil.copy(local, served / "libpython3.11.debug")
+    started = time.perf_counter()
+    fetch, index = [], []
+    local_roots = debuginfo.DEFAULT_ROOTS
+    with LocalDebuginfod(served, tmp / "debuginfod-server") as server, servers([server.url]):
+        server_index = time.perf_counter() - started
+        debuginfo.DEFAULT_ROOTS = ()
+        try:
+            for run in range(runs):
+                os.environ["DEBUGINFOD_CACHE_PATH"] = str(tmp / f"debuginfod-client-{run}")
+                start = time.perf_counter()
+                fetch_debuginfo(build_id)
+                fetch.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                functions = len(index_object(libpython, lines=True, use_cache=False, quiet=True).functions)
+                index.append(time.perf_counter() - start)
+        finally:
+            debuginfo.DEFAULT_ROOTS = local_roots
+            os.environ.pop("DEBUGINFOD_CACHE_PATH", None)
+    return {"debug_file_mb": (served / "libpython3.11.debug").stat().st_size / 1e6, "functions": functions,
+            "server_index_seconds": server_index, "fetch": summarize(fetch), "index": summarize(index)}
+
+
 def report_row(tmp: Path) -> dict:
     """Time to write lcov + HTML + JSON from the largest data file (sqlite with --lines)."""
     data = tmp / "lines-report" / "bpfcov.db"
@@ -510,6 +548,14 @@ def markdown(results: dict) -> str:
     for r in results["index"]:
         lines.append(f"| {r['object']} | {'yes' if r['lines'] else 'no'} | {r['functions']:,} | {r['line_probes']:,} | "
                      f"{r['dwarf']} | {fmt(r['cold_seconds'])} | {fmt(r['cached_seconds'], 3)} |")
+    d = results["debuginfod"]
+    f, i = d["fetch"], d["index"]
+    lines += ["", "## Debug info from debuginfod", "",
+              f"libpython3.11's debug file ({d['debug_file_mb']:.1f} MB) on a local debuginfod (Debian's, on "
+              f"loopback; it indexed the file in {fmt(d['server_index_seconds'])} s). Cold fetch, into an empty "
+              f"client cache: {fmt(f['median'], 3)} s ({fmt(f['min'], 3)}–{fmt(f['max'], 3)}); then the index "
+              f"with --lines built from it ({d['functions']:,} functions): {fmt(i['median'])} s "
+              f"({fmt(i['min'])}–{fmt(i['max'])}), {f['runs']} runs."]
     rep = results["report"]
     lines += ["", "## Reports", "", f"lcov + HTML + JSON from the sqlite data file with --lines "
               f"({rep['data_file_mib']:.1f} MiB): {fmt(rep['seconds'])} s (including Python start-up).", ""]
@@ -563,6 +609,8 @@ def main() -> None:
         results["runner"] = runner_row(20 if args.quick else 200, runs, tmp)
         print("bench: indexing", file=sys.stderr)
         results["index"] = index_rows(tmp)
+        print("bench: debug info from a local debuginfod", file=sys.stderr)
+        results["debuginfod"] = debuginfod_row(runs, tmp)
         print("bench: reports", file=sys.stderr)
         results["report"] = report_row(tmp)
         print("bench: accuracy", file=sys.stderr)

@@ -23,10 +23,11 @@ def test_bench_quick_fills_every_section(bpf, tmp_path):
     assert results["removal"]["uprobe-multi"]["median"] > 0 and results["removal"]["perf-event"]["median"] > 0
     assert set(results["outside"]) == {"same binary", "libc code"}
     assert results["pytest"]["probes"] > 100_000
+    assert results["debuginfod"]["fetch"]["median"] > 0 and results["debuginfod"]["functions"] > 5000
     assert results["accuracy"]["count"]["missed"] == []
     assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("sqlite workload", "counted hit", "Attach and detach", "Removal of a probe", "outside the trace",
                     "test runner",
-                    "Indexing", "Reports", "Accuracy"):
+                    "Indexing", "Debug info from debuginfod", "Reports", "Accuracy"):
         assert heading in text
