@@ -205,11 +205,14 @@ class _Answerer(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             step = max(1, len(data) // int(seconds * 20))
-            for start in range(0, len(data), step):
-                self.wfile.write(data[start:start + step])
-                self.wfile.flush()
-                server.sending.set()
-                time.sleep(0.05)
+            try:
+                for start in range(0, len(data), step):
+                    self.wfile.write(data[start:start + step])
+                    self.wfile.flush()
+                    server.sending.set()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (the Ctrl-C test)
         else:
             self._send(server.debug_file)
 
