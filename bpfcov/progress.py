@@ -43,8 +43,9 @@ class Progress:
             self.stream.write(f"\rbpfcov: {self.label}: {phase} {_megabytes(received)}{of}\x1b[K")
             self.stream.flush()
             self.shown = True
-        elif phase != self._last_phase and total > 0:  # a log gets one line, once the size is known
-            self.stream.write(f"bpfcov: {self.label}: {phase} ({_megabytes(total)})...\n")
+        elif phase != self._last_phase:  # a log gets one line, with the size when the server gave it
+            size = f" ({_megabytes(total)})" if total > 0 else ""
+            self.stream.write(f"bpfcov: {self.label}: {phase}{size}...\n")
             self._last_phase = phase
 
     def done(self) -> None:

@@ -12,9 +12,10 @@ What the client (0.188) leaves to its callers, bpfcov does:
   complete ELF file with the build-id asked for; anything else is deleted from the cache.
 - It records "not found" (believed for cache_miss_s, 10 minutes) after every failure it
   reports as ENOENT: a 404, but also a 500, a transfer cut short, a download cancelled by
-  Ctrl-C. bpfcov keeps that record only when every server answered 404.
-The client's own log (its verbose output) says which status codes came back and where the
-cache is.
+  Ctrl-C, or one server's 404 while another was down. bpfcov keeps that record only when
+  every server asked answered 404.
+The client's own log (its verbose output) says which servers it asked, what curl said of
+each transfer, and where the cache is.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ _MAX_SOURCE_BYTES = 8 << 20
 class DebuginfodError(Exception):
     """Why the servers gave nothing usable, worded to follow "debuginfod: "."""
 
+    def __init__(self, message: str, this_file_only: bool = False):
+        super().__init__(message)
+        # True when the servers work but lack this file (or it cannot be asked for): asking
+        # them for others is still worth it.
+        self.this_file_only = this_file_only
+
 
 def check_url(url: str) -> str:
     """`url` if it names a server the client can ask, else ValueError saying what it needs."""
@@ -58,7 +65,8 @@ _replaced: list[str | None] = []
 
 @contextmanager
 def servers(urls: Sequence[str] | None) -> Iterator[None]:
-    """Ask these servers (instead of DEBUGINFOD_URLS) until the block ends."""
+    """Ask these servers (instead of DEBUGINFOD_URLS) until the block ends. The variable is
+    the process's: one trace at a time (tracing runs on the main thread anyway)."""
     if not urls:
         yield
         return
@@ -127,35 +135,73 @@ class _Answer:
     received: int = 0       # bytes, as the progress callback last saw them
     total: int = 0          # bytes announced (0: unknown)
 
-    @property
-    def cache_dir(self) -> str | None:
-        found = re.search(r"^checking cache dir (.+)$", self.log, re.MULTILINE)
+    def _first(self, pattern: str) -> str | None:
+        found = re.search(pattern, self.log, re.MULTILINE)
         return found.group(1) if found else None
 
     @property
-    def statuses(self) -> list[int]:
-        return [int(code) for code in re.findall(r"^header HTTP/\S+ (\d{3})", self.log, re.MULTILINE)]
+    def cache_dir(self) -> str | None:
+        return self._first(r"^checking cache dir (.+)$")
+
+    @property
+    def servers(self) -> dict[int, str]:
+        """The servers asked, by the client's number for each ("init server N URL/buildid")."""
+        return {int(n): url.removesuffix("/buildid")
+                for n, url in re.findall(r"^init server (\d+) (\S+)$", self.log, re.MULTILINE)}
 
     @property
     def asked_servers(self) -> bool:
         """False when the answer came from the cache alone."""
-        return re.search(r"^query \d+ urls", self.log, re.MULTILINE) is not None
+        return bool(self.servers)
 
     @property
-    def transfer_errors(self) -> list[str]:
-        """curl's own words for each failed transfer ("url N <message>")."""
-        return [m for m in re.findall(r"^url \d+ (.+)$", self.log, re.MULTILINE) if "://" not in m]
+    def errors(self) -> dict[int, str]:
+        """curl's own words for each server's failed transfer ("url N <message>")."""
+        return {int(n): message for n, message in re.findall(r"^url (\d+) (.+)$", self.log, re.MULTILINE)
+                if "://" not in message}
+
+    @property
+    def all_said_not_found(self) -> bool:
+        errors = self.errors
+        return bool(self.servers) and all("returned error: 404" in errors.get(n, "") for n in self.servers)
+
+    def outcome_by_server(self) -> str:
+        """'URL: what went wrong' for each server asked."""
+        errors = self.errors
+        parts = []
+        for n, url in sorted(self.servers.items()):
+            error = errors.get(n, "no answer")
+            status = re.search(r"returned error: (\d{3})", error)
+            parts.append(f"{url} answered HTTP {status.group(1)}" if status else f"{url}: {error}")
+        return "; ".join(parts) or _servers_named()
+
+    def cut_short(self) -> bool:
+        return (any("partial" in e or "bytes remaining" in e for e in self.errors.values())
+                or 0 < self.received < self.total)
+
+    @property
+    def remembered_seconds(self) -> int:
+        """How long the client believes a 'not found' (its cache's cache_miss_s)."""
+        try:
+            with open(os.path.join(self.cache_dir or "", "cache_miss_s")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return 600
 
 
 class _Query:
-    """One call into the client, with its progress shown and Ctrl-C turned into a cancel.
+    """One call into the client, with its progress shown, and Ctrl-C or SIGTERM turned
+    into a cancel.
 
-    The client calls back about once a second, from C. Python's own SIGINT handler would
-    raise KeyboardInterrupt inside that callback, where ctypes prints it and carries on, so
-    for the length of the call Ctrl-C only sets a flag: the callback then asks the client
-    to stop, and the signal is raised again once the client has returned and the handler
-    that was there before is back.
+    The client calls back about once a second, from C. Python's SIGINT handler would raise
+    KeyboardInterrupt inside that callback, where ctypes prints it and carries on, and a
+    trace's own handlers would only note the stop while the download went on. So for the
+    length of the call those signals, where Python handles them, only set a flag: the
+    callback then asks the client to stop, and once the client has returned and the
+    handlers are back the signal is raised again, for them.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, lib, progress: Progress | None, what: str):
         self.lib = lib
@@ -163,36 +209,52 @@ class _Query:
         self.what = what
         self.received = 0
         self.total = 0
-        self.interrupted = False
+        self.interrupted: list[int] = []
 
-    def _on_progress(self, _client, received: int, total: int) -> int:
+    def _on_progress(self, client, received: int, total: int) -> int:
         if self.interrupted:
             return 1
-        if total > 0:
-            self.received, self.total = received, total
-            if self.progress is not None:
-                self.progress.transfer(f"downloading {self.what}", received, total)
-        elif self.progress is not None:  # no server has started to send
+        if self.progress is None:
+            return 0
+        if total > 0 or self.lib.debuginfod_get_url(client):  # a server is sending
+            self.received, self.total = received, max(total, 0)
+            self.progress.transfer(f"downloading {self.what}", received, self.total)
+        else:
             self.progress.update(f"asking debuginfod ({_servers_named()}) for {self.what}")
         return 0
 
-    def _on_sigint(self, _signum, _frame) -> None:
-        self.interrupted = True
+    def _on_signal(self, signum, _frame) -> None:
+        if signum not in self.interrupted:
+            self.interrupted.append(signum)
 
     def ask(self, build_id: str, source: str | None) -> _Answer:
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        before = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
+        taken = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler):  # not SIG_DFL, SIG_IGN, or a handler set from C (None)
+                    taken[signum] = signal.signal(signum, self._on_signal)
         try:
             return self._ask(build_id, source)
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, before)
+            for signum, handler in taken.items():
+                signal.signal(signum, handler)
+
+    def pass_signals_on(self) -> None:
+        """Raise each signal that cancelled the call again, for the handler it was meant
+        for: Python's SIGINT handler raises KeyboardInterrupt; a trace's handlers stop it."""
+        for signum in self.interrupted:
+            signal.raise_signal(signum)
 
     def _ask(self, build_id: str, source: str | None) -> _Answer:
+        try:
+            log_fd = os.memfd_create("debuginfod-log", os.MFD_CLOEXEC)
+        except OSError as e:
+            raise DebuginfodError(f"cannot keep the client's log ({e.strerror})") from None
         client = self.lib.debuginfod_begin()
         if not client:
+            os.close(log_fd)
             raise DebuginfodError("the client library could not start")
-        log_fd = os.memfd_create("debuginfod-log", os.MFD_CLOEXEC)
         callback = _PROGRESS_FN(self._on_progress)  # kept alive until the client ends
         out = ctypes.c_void_p()
         url = None
@@ -241,33 +303,29 @@ def _remove(path: str | None) -> None:
 
 def _why_not_found(answer: _Answer) -> str:
     """Words for an ENOENT from servers that were asked."""
-    errors = answer.transfer_errors
-    if any("partial" in e or "bytes remaining" in e for e in errors) or 0 < answer.received < answer.total:
-        return (f"the download from {answer.url or _servers_named()} was cut short "
-                f"({answer.received:,} of {answer.total:,} bytes)")
-    failed = [s for s in answer.statuses if s != 404]
-    if failed:
-        return f"{_servers_named()} answered HTTP {', '.join(map(str, failed))}"
-    if answer.statuses:
+    if answer.cut_short():
+        total = f"{answer.total:,}" if answer.total else "an unknown number of"
+        source = answer.url or _servers_named()
+        return f"the download from {source} was cut short ({answer.received:,} of {total} bytes)"
+    if answer.all_said_not_found:
         return f"not on {_servers_named()} (HTTP 404)"
-    return f"no answer from {_servers_named()}" + (f" ({errors[-1]})" if errors else "")
+    return answer.outcome_by_server()
 
 
 def _why_failed(answer: _Answer) -> str:
     code = -answer.rc
     if code in (errno.ETIME, errno.ETIMEDOUT):
+        if "max time" in answer.log:
+            return f"{_servers_named()} took longer than DEBUGINFOD_MAXTIME ({os.environ.get('DEBUGINFOD_MAXTIME')} s)"
         timeout = os.environ.get("DEBUGINFOD_TIMEOUT") or "90"
-        return f"{_servers_named()} sent nothing within DEBUGINFOD_TIMEOUT ({timeout} s)"
-    if code == errno.ECONNREFUSED:
-        return f"{_servers_named()} refused the connection"
-    if code == errno.EHOSTUNREACH:
-        return f"cannot reach {_servers_named()} (host not found or unreachable)"
-    if code == errno.ECONNRESET:
-        return f"the connection to {_servers_named()} was reset"
+        # The client's DEBUGINFOD_TIMEOUT is curl's low-speed limit, and it tries again twice.
+        return f"{_servers_named()} sent less than 100 KiB/s for DEBUGINFOD_TIMEOUT ({timeout} s), on every try"
     if code == errno.EFBIG:
         return "the file is larger than DEBUGINFOD_MAXSIZE allows"
     if code == errno.ENOSYS:
         return "no server is named (DEBUGINFOD_URLS is empty)"
+    if answer.errors:  # refused, unreachable, reset: curl says which, for each server
+        return answer.outcome_by_server()
     return f"{_servers_named()}: {os.strerror(code)}"
 
 
@@ -287,6 +345,8 @@ def _problem_with_debuginfo(path: str, build_id: str) -> str | None:
             found = obj.build_id()
             if declared > size:
                 return f"a truncated file ({size:,} bytes; its headers say {declared:,})"
+            if found == build_id and not obj.has_symtab() and not obj.has_dwarf():
+                return "a file with neither symbols nor DWARF (the program itself, not its debug info?)"
     except BpfcovError as e:
         why = str(e).removeprefix(path + ": ")
         return f"a {why}" if why.startswith("truncated") else f"an unusable ELF file ({why})"
@@ -310,9 +370,7 @@ def _fetch(build_id: str, source: str | None, progress: Progress | None) -> str:
         if query.interrupted:
             if answer.rc < 0 and answer.asked_servers:
                 _remove(entry)  # the client records a cancelled download as "not found"
-            # Delivered again, now to the handler it was meant for: Python's raises
-            # KeyboardInterrupt; a trace's own handler stops the trace.
-            signal.raise_signal(signal.SIGINT)
+            query.pass_signals_on()
             if answer.rc < 0:
                 raise DebuginfodError("the download was interrupted")
         if answer.rc >= 0 and answer.path is not None:
@@ -325,11 +383,12 @@ def _fetch(build_id: str, source: str | None, progress: Progress | None) -> str:
             raise DebuginfodError(f"{answer.url or _servers_named()} sent {problem}; removed it from the cache")
         if answer.rc == -errno.ENOENT:
             if not answer.asked_servers:
-                raise DebuginfodError(f"no server had it when last asked ({_servers_named()}; the client "
-                                      "believes that answer for 10 minutes)")
-            if not (answer.statuses and all(status == 404 for status in answer.statuses)):
+                minutes = max(1, answer.remembered_seconds // 60)
+                raise DebuginfodError(f"no server had it when last asked (the client believes that for {minutes} "
+                                      f"minutes; delete {entry} to ask again)", this_file_only=True)
+            if not answer.all_said_not_found:
                 _remove(entry)  # "not found" is not what happened: ask again next time
-            raise DebuginfodError(_why_not_found(answer))
+            raise DebuginfodError(_why_not_found(answer), this_file_only=answer.all_said_not_found)
         raise DebuginfodError(_why_failed(answer))
     raise DebuginfodError(f"{_servers_named()} sent a bad file twice")
 
@@ -343,12 +402,13 @@ def fetch_debuginfo(build_id: str, progress: Progress | None = None) -> str:
 def fetch_source(build_id: str, path: str) -> list[str]:
     """The lines of source file `path` (as DWARF names it) of the build `build_id`."""
     if not os.path.isabs(path):
-        raise DebuginfodError(f"{path} is not an absolute path, which it needs to be asked for")
+        raise DebuginfodError(f"{path} is not an absolute path, which it needs to be asked for", this_file_only=True)
     cached = _fetch(build_id, path, None)
     try:
         if os.path.getsize(cached) > _MAX_SOURCE_BYTES:
-            raise DebuginfodError(f"the server's copy of {path} is larger than {_MAX_SOURCE_BYTES >> 20} MB")
+            raise DebuginfodError(f"the server's copy of {path} is larger than {_MAX_SOURCE_BYTES >> 20} MB",
+                                  this_file_only=True)
         with open(cached, "rb") as f:
             return f.read().decode("utf-8", "replace").splitlines()
     except OSError as e:
-        raise DebuginfodError(f"cannot read the fetched copy of {path}: {e.strerror}") from None
+        raise DebuginfodError(f"cannot read the fetched copy of {path}: {e.strerror}", this_file_only=True) from None
