@@ -359,7 +359,8 @@ class Session:
         key = _file_key(fd)
         if key not in self._loaders:
             self._loaders[key] = None
-            index = index_object(f"/proc/self/fd/{fd}", quiet=True, name=mapping.path)
+            # _dl_debug_state is in .dynsym: no download while the process waits for its links.
+            index = index_object(f"/proc/self/fd/{fd}", quiet=True, name=mapping.path, debuginfod=False)
             debug_state = next((f for f in index.functions if "_dl_debug_state" in
                                 (f.name.split("@")[0], *(a.split("@")[0] for a in f.aliases))), None)
             if debug_state is None or debug_state.probe_offset is None:

@@ -66,14 +66,14 @@ def find_debug_file(obj: ElfObject, extra_roots: tuple[str, ...] = ()) -> str | 
     return None
 
 
-def locate_debug_file(obj: ElfObject, extra_roots: tuple[str, ...] = (),
-                      progress: Progress | None = None) -> tuple[str | None, str | None]:
+def locate_debug_file(obj: ElfObject, extra_roots: tuple[str, ...] = (), progress: Progress | None = None,
+                      ask_debuginfod: bool = True) -> tuple[str | None, str | None]:
     """(the separate debug file `obj` needs, or None; why debuginfod gave none, when asked).
     An object with its own symbols and DWARF needs none."""
     if obj.has_symtab() and obj.has_dwarf():
         return None, None
     local = find_debug_file(obj, extra_roots)
-    if local is not None or not debuginfod.enabled():
+    if local is not None or not ask_debuginfod or not debuginfod.enabled():
         return local, None
     build_id = obj.build_id()
     if not build_id:

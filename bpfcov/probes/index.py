@@ -319,17 +319,19 @@ def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: 
 
 
 def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (),
-                 use_cache: bool = True, quiet: bool = False, name: str | None = None) -> ObjectIndex:
+                 use_cache: bool = True, quiet: bool = False, name: str | None = None,
+                 debuginfod: bool = True) -> ObjectIndex:
     """The probe index of the ELF object at `path`, from the cache when it is fresh.
 
     `name` is the object's path as reports show it, when `path` is only a way to open it
-    (a process's /proc/PID/map_files entry, or its view of another mount namespace)."""
+    (a process's /proc/PID/map_files entry, or its view of another mount namespace).
+    `debuginfod`: whether missing debug info may be fetched (when servers are named)."""
     name = name or os.path.abspath(path)
     progress = Progress(f"indexing {os.path.basename(name)}", quiet=quiet)
     no_debuginfod = None
     try:
         with ElfObject(path) as obj:
-            debug_path, no_debuginfod = locate_debug_file(obj, debug_dirs, progress)
+            debug_path, no_debuginfod = locate_debug_file(obj, debug_dirs, progress, debuginfod)
         key = cache.key_for(path, lines, debug_path) if use_cache else None
         index = cache.load(key) if key is not None else None
         if index is not None:
