@@ -22,6 +22,7 @@ class SourceReader:
         self._cache: dict[str, list[str] | None] = {}
         self._fetched: dict[str, list[str] | None] = {}
         self._not_fetched: dict[str, str] = {}  # path -> why debuginfod gave nothing
+        self._servers_failing: str | None = None  # a failure other than "not found" stops the asking
 
     def _inside(self, path: str) -> str | None:
         """The real path of `path` if it lies under the root, else None."""
@@ -58,13 +59,19 @@ class SourceReader:
         text = None
         if not debuginfod.enabled():
             self._not_fetched[path] = "no server is named (DEBUGINFOD_URLS or --debuginfod)"
-        for build_id in build_ids if debuginfod.enabled() else ():
-            try:
-                text = debuginfod.fetch_source(build_id, path)
-                self._not_fetched.pop(path, None)
-                break
-            except debuginfod.DebuginfodError as e:
-                self._not_fetched[path] = str(e)
+        elif self._servers_failing is not None:  # a report has hundreds of files: fail once, not for each
+            self._not_fetched[path] = f"not asked, after {self._servers_failing}"
+        else:
+            for build_id in build_ids:
+                try:
+                    text = debuginfod.fetch_source(build_id, path)
+                    self._not_fetched.pop(path, None)
+                    break
+                except debuginfod.DebuginfodError as e:
+                    self._not_fetched[path] = str(e)
+                    if not e.this_file_only:
+                        self._servers_failing = str(e)
+                        break
         self._fetched[path] = text
         return text
 
