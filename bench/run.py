@@ -376,7 +376,7 @@ def debuginfod_row(runs: int, tmp: Path) -> dict:
     shutil.copy(local, served / "libpython3.11.debug")
     started = time.perf_counter()
     fetch, index = [], []
-    local_roots = debuginfo.DEFAULT_ROOTS
+    local_roots, client_cache = debuginfo.DEFAULT_ROOTS, os.environ.get("DEBUGINFOD_CACHE_PATH")
     with LocalDebuginfod(served, tmp / "debuginfod-server") as server, servers([server.url]):
         server_index = time.perf_counter() - started
         debuginfo.DEFAULT_ROOTS = ()
@@ -391,7 +391,10 @@ def debuginfod_row(runs: int, tmp: Path) -> dict:
                 index.append(time.perf_counter() - start)
         finally:
             debuginfo.DEFAULT_ROOTS = local_roots
-            os.environ.pop("DEBUGINFOD_CACHE_PATH", None)
+            if client_cache is None:
+                os.environ.pop("DEBUGINFOD_CACHE_PATH", None)
+            else:
+                os.environ["DEBUGINFOD_CACHE_PATH"] = client_cache
     return {"debug_file_mb": (served / "libpython3.11.debug").stat().st_size / 1e6, "functions": functions,
             "server_index_seconds": server_index, "fetch": summarize(fetch), "index": summarize(index)}
 
