@@ -300,12 +300,18 @@ def test_one_servers_404_while_another_is_down_is_not_remembered_as_not_found(se
     assert len(comparable_symbols(served.stripped, "--debuginfod", tiny.url)) > 1000
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default action, as a shell gives it: a job started in the background (CI
+    under nohup, say) inherits SIGINT ignored, and bpfcov rightly leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_download_stops_cleanly_and_caches_nothing(served, tiny, client_cache):
     tiny.answer = "slowly 60"
     env = dict(os.environ, DEBUGINFOD_TIMEOUT="0")  # no low-speed limit: the download just goes on
     proc = subprocess.Popen([sys.executable, "-m", "bpfcov", "symbols", "--no-cache", str(served.stripped),
                              "--debuginfod", tiny.url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=_as_from_a_terminal)
     assert tiny.sending.wait(30)
     time.sleep(1.5)  # past the second after which progress is shown
     proc.send_signal(signal.SIGINT)
