@@ -13,6 +13,7 @@ import subprocess
 import pytest
 from conftest import bpfcov, target
 
+from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.index import index_object
 from bpfcov.probes.insn import find_probe_site, kernel_refusal, refusal
 from bpfcov.probes.model import ProbeStatus
@@ -238,7 +239,8 @@ def test_cache_is_used_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
     entries[0].write_bytes(b"garbage")
     third = index_object(path, lines=True)
     assert _comparable(third) == _comparable(first)
-    key = cache.key_for(path, True, None)
+    with ElfObject(path) as obj:
+        key = cache.key_for(obj, True, None)
     assert cache.load(key) is not None  # rewritten whole
 
 

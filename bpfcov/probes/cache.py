@@ -31,14 +31,14 @@ def cache_dir() -> str:
     return os.path.join(base, "bpfcov")
 
 
-def key_for(path: str, lines: bool, debug_file: str | None) -> str:
-    """The key of the index of `path` built with symbols and DWARF from `debug_file`."""
-    with ElfObject(path) as obj:
-        build_id = obj.build_id()
-        # The same build stripped or not, with or without its debug file, indexes differently.
-        complete = obj.has_symtab() and obj.has_dwarf()
-    st = os.stat(path)
-    identity = f"build-id:{build_id}" if build_id else f"file:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+def key_for(obj: ElfObject, lines: bool, debug_file: str | None) -> str:
+    """The key of the index of the open object `obj` built with symbols and DWARF from `debug_file`."""
+    build_id = obj.build_id()
+    # The same build stripped or not, with or without its debug file, indexes differently.
+    complete = obj.has_symtab() and obj.has_dwarf()
+    st = os.stat(obj.path)
+    real = os.path.realpath(obj.path)
+    identity = f"build-id:{build_id}" if build_id else f"file:{real}:{st.st_size}:{st.st_mtime_ns}"
     debug = [debug_file, os.stat(debug_file).st_mtime_ns] if debug_file else None
     text = json.dumps([SCHEMA, identity, complete, debug, lines])
     return hashlib.sha256(text.encode()).hexdigest()

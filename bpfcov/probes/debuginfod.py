@@ -135,15 +135,12 @@ class _Answer:
     received: int = 0       # bytes, as the progress callback last saw them
     total: int = 0          # bytes announced (0: unknown)
 
-    def _first(self, pattern: str) -> str | None:
-        found = re.search(pattern, self.log, re.MULTILINE)
-        return found.group(1) if found else None
-
     @property
     def cache_dir(self) -> str | None:
-        return self._first(r"^checking cache dir (.+)$")
+        found = re.search(r"^checking cache dir (.+)$", self.log, re.MULTILINE)
+        return found.group(1) if found else None
 
-    @property
+    @functools.cached_property
     def servers(self) -> dict[int, str]:
         """The servers asked, by the client's number for each ("init server N URL/buildid")."""
         return {int(n): url.removesuffix("/buildid")
@@ -154,7 +151,7 @@ class _Answer:
         """False when the answer came from the cache alone."""
         return bool(self.servers)
 
-    @property
+    @functools.cached_property
     def errors(self) -> dict[int, str]:
         """curl's own words for each server's failed transfer ("url N <message>")."""
         return {int(n): message for n, message in re.findall(r"^url (\d+) (.+)$", self.log, re.MULTILINE)

@@ -332,7 +332,7 @@ def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (
     try:
         with ElfObject(path) as obj:
             debug_path, no_debuginfod = locate_debug_file(obj, debug_dirs, progress, debuginfod)
-        key = cache.key_for(path, lines, debug_path) if use_cache else None
+            key = cache.key_for(obj, lines, debug_path) if use_cache else None
         index = cache.load(key) if key is not None else None
         if index is not None:
             index.path = name
