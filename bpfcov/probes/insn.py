@@ -21,7 +21,9 @@ instruction it decides from the opcode byte alone whether to emulate it as a bra
 (branch_setup_xol_ops, and insn_is_nop for nops), so a VEX `vpcmpeqb` (opcode 0x74) is
 emulated as `je`, `vpor` (eb) as `jmp`, `vpsubsb` (e8) as `call`, `kmovw` (90) as a nop,
 and the instruction itself never runs. Seen here: with line probes in glibc, python3 died
-of SIGSEGV in __strrchr_avx2. bpfcov never probes these (`misemulation`).
+of SIGSEGV in __strrchr_avx2. bpfcov never probes these (`misemulation`), nor a `syscall`:
+with one probed, a probe on the instruction after it never fires (seen on 6.18 with
+libc's syscall(): the line after the instruction counted 0 of 5 runs).
 
 These rules are a prediction: the kernel has the last word. When a link is refused anyway
 (another kernel version, a decoder difference), the engine finds the refused probes by
@@ -117,8 +119,11 @@ def _vex_opcode(code: bytes) -> int | None:
 
 
 def misemulation(raw: bytes) -> str | None:
-    """Why the kernel, accepting a probe on this instruction, would not run it (see above)."""
+    """Why the kernel, accepting a probe on this instruction, would not run it or what
+    follows it as it should (see above)."""
     insn = _decode(raw)
+    if insn is not None and insn.bytes[-2:] == b"\x0f\x05" and insn.mnemonic == "syscall":
+        return "a probe on the instruction after a probed syscall never fires"
     op = _vex_opcode(bytes(insn.bytes)) if insn is not None else None
     if op in _MISEMULATED_VEX_OPCODES:
         return f"the kernel would emulate this VEX instruction (opcode {op:#04x}) as a branch or nop"
