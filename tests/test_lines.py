@@ -17,10 +17,13 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, bpfcov, coverage_json, target
+
+from bpfcov.probes.index import index_object
 
 CASES = [
     ("shapes", ["fact", "5"], "shapes/shapes.c"),
@@ -136,3 +139,92 @@ def test_a_large_object_with_lines_finishes_and_its_report_opens(bpf, tmp_path):
     from test_reports import browser_dump
     dom, _ = browser_dump(out / "html" / "index.html", tmp_path)
     assert "Never-executed functions" in dom and "PyImport_ImportModule" in dom
+
+
+DISPATCH = "dispatch/dispatch.c"
+
+
+@pytest.mark.parametrize("flavour", ["O0", "O2"])
+@pytest.mark.parametrize("args", [["switch", "7"], ["goto", "12+3*ip"], ["jump"]], ids=" ".join)
+def test_block_probes_see_jump_tables_computed_gotos_and_calls_that_never_return(bpf, tmp_path, args, flavour):
+    """One probe per basic block stands for its lines (probes/blocks.py). Where control
+    enters a block other than at its start, through a switch's jump table or a computed
+    goto, or leaves it early, through a call that never returns (longjmp), a wrong block
+    would call lines dead or live that gcov says otherwise. gcov also counts a switch's
+    jump on each `case` label, and a goto on its label: lines without code, that the line
+    table gives no address. At -O2 the line table is compared with itself: the counts of
+    one probe per line at its own address (BPFCOV_PROBE_EVERY_LINE)."""
+    expected, declarations = gcov_lines("dispatch", args, DISPATCH, tmp_path)
+    text = (ROOT / "sample_targets" / DISPATCH).read_text().splitlines()
+    runs = {}
+    for every_line in (False, True):
+        out = tmp_path / f"out-{every_line}"
+        env = dict(os.environ, **({"BPFCOV_PROBE_EVERY_LINE": "1"} if every_line else {}))
+        bpfcov("run", "-q", "--lines", "--mode", "count", "-o", out, "--", target(flavour, "dispatch"), *args,
+               check=False, env=env)
+        runs[every_line] = bpfcov_lines(coverage_json(out), DISPATCH)
+    assert runs[False] == runs[True]
+    ours = runs[False]
+    if flavour == "O0":
+        both = expected.keys() & ours.keys()
+        assert len(both) >= 20
+        mismatched = {n: (expected[n], ours[n]) for n in both if (expected[n] > 0) != (ours[n] > 0)}
+        assert not mismatched, f"gcov vs bpfcov hit status differs on lines {mismatched}"
+        labels = {n for n in set(expected) - set(ours) if re.fullmatch(r"\s*(case \d+|default|\w+):\s*", text[n - 1])}
+        assert set(expected) - set(ours) - labels <= declarations
+    if args == ["jump"]:
+        after = next(n for n, t in enumerate(text, 1) if "never_after_leave++;" in t)
+        assert ours[after] == 0 and ours[after - 1] == 1  # leave() ran; the line after it never did
+
+
+REAL_OBJECTS = [
+    # (name, command, mode, --libs): the workload prints its own time, which libc's float
+    # formatting follows differently from run to run, so only its own object is compared.
+    ("sqlite", [str(ROOT / "sample_targets/build/sqlite/workload"), "100"], "count", False),
+    ("python3", ["/usr/bin/python3.11", "-c", "import json, sqlite3; print(json.dumps([1]))"], "hit", True),
+]
+
+
+@pytest.mark.parametrize("command,mode,libs", [r[1:] for r in REAL_OBJECTS], ids=[r[0] for r in REAL_OBJECTS])
+def test_block_probes_tell_what_a_probe_on_every_line_tells_on_real_objects(bpf, tmp_path, monkeypatch, command, mode,
+                                                                            libs):
+    """sqlite at -O2 (its VDBE loop is a jump table of 190 cases, with cold parts that jump
+    back into it) and the Python interpreter with glibc and the libraries it loads (its
+    eval loop's computed gotos leave that function with a probe on each line): every
+    line's count, or in hit mode whether it ran, is the same with one probe per basic
+    block as with one probe on every line. Blocks also tell lines whose own instruction
+    cannot be probed: those only they measure."""
+    runs = []
+    for every_line in (False, True):
+        out = tmp_path / f"out-{every_line}"
+        # The same environment in both runs, byte for byte (the loader and the interpreter
+        # read it), fixed hashes and no address randomization: nothing else may differ.
+        env = dict(os.environ, BPFCOV_PROBE_EVERY_LINE=str(int(every_line)), PYTHONHASHSEED="0")
+        result = subprocess.run(["setarch", "x86_64", "-R", sys.executable, "-m", "bpfcov", "run", "-q", "--lines",
+                                 *(["--libs"] if libs else []), "--mode", mode, "-o", out, "--", *command],
+                                capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr
+        lines = {(o["path"], line["file"], line["line"]): line["count"]
+                 for o in coverage_json(out)["objects"] for line in o["lines"]}
+        runs.append(lines if mode == "count" else {k: v > 0 for k, v in lines.items()})
+    blocks, every_line = runs
+    assert len(every_line) > 20_000 and sum(1 for v in every_line.values() if v) > 5_000
+    assert blocks.keys() >= every_line.keys()
+    # A line compiled into several functions (glibc's memcpy variants for each CPU) may
+    # have rows only blocks measure; those lines are compared where both measure the same.
+    same_rows = set()
+    for path in {path for path, _, _ in every_line}:
+        rows = []
+        for flag in ("0", "1"):
+            monkeypatch.setenv("BPFCOV_PROBE_EVERY_LINE", flag)
+            lines = index_object(path, lines=True, quiet=True).lines
+            by_line: dict = {}
+            for address, f, n in zip(lines.address.tolist(), lines.file.tolist(), lines.line.tolist()):
+                by_line.setdefault((lines.files[f], n), set()).add(address)
+            rows.append(by_line)
+        same_rows |= {(path, *key) for key, found in rows[1].items() if rows[0].get(key) == found}
+    compared = same_rows & every_line.keys()
+    assert len(compared) > 0.9 * len(every_line)
+    assert {k: blocks[k] for k in compared} == {k: every_line[k] for k in compared}
+    # Lines the blocks measure more rows of: none that ran is said not to.
+    assert not [k for k, v in every_line.items() if v and not blocks[k]]

@@ -23,7 +23,8 @@ from bpfcov.probes.model import LineTable, ObjectIndex, function_from_record, fu
 # 3: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches),
 # and avoid VEX instructions the kernel would misemulate. 4: functions as probes/model.py records them.
 # 5: inlined instances (probes/inlines.py), and functions that exist only inlined.
-SCHEMA = 5
+# 6: a line's probe is its basic block's (probes/blocks.py); jump tables lead to inlined code.
+SCHEMA = 6
 
 
 def cache_dir() -> str:
@@ -31,7 +32,7 @@ def cache_dir() -> str:
     return os.path.join(base, "bpfcov")
 
 
-def key_for(obj: ElfObject, lines: bool, debug_file: str | None) -> str:
+def key_for(obj: ElfObject, lines: bool | str, debug_file: str | None) -> str:
     """The key of the index of the open object `obj` built with symbols and DWARF from `debug_file`."""
     build_id = obj.build_id()
     # The same build stripped or not, with or without its debug file, indexes differently.

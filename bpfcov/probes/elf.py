@@ -6,6 +6,7 @@ failure turned into a BpfcovError naming the file.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -112,6 +113,20 @@ class ElfObject:
             if seg.contains(address):
                 return address - seg.vaddr + seg.offset
         return None
+
+    def data_offset(self, address: int) -> int | None:
+        """The file offset of a virtual address in any loaded segment's file contents
+        (read-only data: jump tables), None outside them."""
+        for vaddr, filesz, offset in self._loaded:
+            if vaddr <= address < vaddr + filesz:
+                return address - vaddr + offset
+        return None
+
+    @functools.cached_property
+    def _loaded(self) -> list[tuple[int, int, int]]:
+        """(vaddr, filesz, offset) of each loaded segment."""
+        return [(s.header.p_vaddr, s.header.p_filesz, s.header.p_offset) for s in self.elf.iter_segments()
+                if s.header.p_type == "PT_LOAD"]
 
     def read_at(self, offset: int, size: int) -> bytes:
         self._file.seek(offset)

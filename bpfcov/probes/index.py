@@ -4,13 +4,13 @@
 
 Steps: validate the ELF; take function symbols (from separate debug info when the object
 is stripped); fold aliases; locate each function in the source through the line table;
-decode each probe site; demangle; add the code the compiler inlined (inlines.py). The
-result is cached per object (see cache.py).
+decode each probe site; demangle; give each line, and each place inlined code runs through
+(inlines.py), the probe of its basic block (blocks.py). The result is cached per object
+(see cache.py).
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import os
 
@@ -18,14 +18,19 @@ import numpy as np
 
 from bpfcov.errors import BpfcovError, NoFunctionsError
 from bpfcov.probes import cache
+from bpfcov.probes.blocks import CodeMap
 from bpfcov.probes.debuginfo import locate_debug_file
 from bpfcov.probes.demangle import demangle_all
 from bpfcov.probes.dwarf import DwarfUnreadable, LineRows, read_line_rows
 from bpfcov.probes.elf import ElfObject, Symbol
 from bpfcov.probes.inlines import InlinesUnavailable, SourceFunction, read_inlined
-from bpfcov.probes.insn import decode_function, find_probe_site, is_probeable
+from bpfcov.probes.insn import find_probe_site, is_probeable
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 from bpfcov.progress import Progress
+
+# Set to 1, line probes sit at each line's own address rather than one per basic block:
+# slower, for checking probes/blocks.py against itself (tests/test_lines.py).
+PROBE_EVERY_LINE = "BPFCOV_PROBE_EVERY_LINE"
 
 _BINDING_RANK = {"STB_GLOBAL": 0, "STB_WEAK": 1, "STB_GNU_UNIQUE": 1, "STB_LOCAL": 2}
 
@@ -95,10 +100,13 @@ def _inlined_body_rows(rows: LineRows, usable: np.ndarray, inlined: list[tuple[i
     return extra or None
 
 
-def _line_table(obj: ElfObject, rows: LineRows, functions: list[Function],
-                inlined: list[tuple[int, int]] | None = None) -> LineTable:
-    """One probe per distinct is_stmt address that lies inside a measured function, and
-    one for each line of inlined code those miss (`inlined`: the instances' ranges)."""
+def _line_table(code_map: CodeMap, rows: LineRows, inlined: list[tuple[int, int]] | None = None,
+                every_line: bool = False) -> LineTable:
+    """A row per distinct is_stmt address that lies inside a measured function, and one
+    for each line of inlined code those miss (`inlined`: the instances' ranges). Each row's
+    offset is where the probe telling its count sits: its basic block's (blocks.py), or
+    with `every_line` its own address."""
+    obj, functions = code_map.obj, code_map.functions
     usable = ~rows.end_sequence & (rows.file >= 0) & (rows.line > 0)
     keep = rows.is_stmt & usable
     address = rows.address[keep]
@@ -125,10 +133,13 @@ def _line_table(obj: ElfObject, rows: LineRows, functions: list[Function],
 
     address, file, line, owner = address[valid], file[valid], line[valid], owner[valid]
     offsets = np.zeros(len(address), dtype=np.uint64)
-    probeable = np.ones(len(address), dtype=bool)
+    probeable = np.ones(len(address), dtype=bool)  # False: nothing tells this row's count
     for i, a in enumerate(address.tolist()):
-        off = obj.file_offset(a)
-        if off is None or not is_probeable(obj.read_at(off, 15)):
+        teller = a if every_line else code_map.teller(a)
+        off = obj.file_offset(teller) if teller is not None else None
+        # A teller other than the row's own address was found probeable with its block;
+        # the row's own instruction is checked here, where blocks are unknown.
+        if off is None or (teller == a and not is_probeable(obj.read_at(off, 15))):
             probeable[i] = False
         else:
             offsets[i] = off
@@ -153,45 +164,39 @@ class _InstanceSites:
     start); where uprobes refuse its instruction, the probe goes to the next one, by the
     rules function entries follow."""
 
-    def __init__(self, obj: ElfObject, functions: list[Function]):
-        self.obj = obj
-        self.functions = functions  # sorted by address
-        self.starts = [f.address for f in functions]
-        self._decoded: dict[int, tuple[set[int], set[int]]] = {}
-
-    def _decode(self, address: int) -> tuple[set[int], set[int]] | None:
-        """The instruction starts and jump targets of the function holding `address`."""
-        i = bisect.bisect_right(self.starts, address) - 1
-        if i < 0 or address >= self.functions[i].address + self.functions[i].size:
-            return None  # code outside every symbol: no way to check the boundary
-        if i not in self._decoded:
-            f = self.functions[i]
-            self._decoded[i] = decode_function(self.obj.read_at(f.offset, f.size), f.address)
-        return self._decoded[i]
+    def __init__(self, code_map: CodeMap):
+        self.code_map = code_map
+        self.obj = code_map.obj
 
     def points(self, entry: int, ranges: tuple[tuple[int, int], ...]) -> list[int]:
         """The addresses to watch, entry first."""
         points = [entry] + [low for low, _ in ranges]
-        decoded = self._decode(ranges[0][0])
-        if decoded is not None:
-            points += sorted(t for t in decoded[1] if any(low < t < high for low, high in ranges))
+        holder = self.code_map.holder(ranges[0][0])
+        if holder is not None:
+            targets = self.code_map.jump_targets(holder)
+            if targets is None:  # some indirect jump's targets are unknown: those known still count
+                targets = self.code_map.code(holder).direct_targets
+            points += sorted(t for t in set(targets) if any(low < t < high for low, high in ranges))
         return list(dict.fromkeys(points))
 
     def offset(self, address: int) -> int | None:
-        decoded = self._decode(address)
-        offset = self.obj.file_offset(address)
-        if decoded is None or address not in decoded[0] or offset is None:
+        """The file offset of the probe that tells how often `address` ran, if any."""
+        if not self.code_map.is_instruction(address) or self.obj.file_offset(address) is None:
             return None
-        site = find_probe_site(self.obj.read_at(offset, 32), address)
+        teller = self.code_map.teller(address)
+        if teller != address:
+            return self.obj.file_offset(teller) if teller is not None else None
+        site = find_probe_site(self.obj.read_at(self.obj.file_offset(address) or 0, 32), address)
         return self.obj.file_offset(site.address) if site.address is not None else None
 
 
-def _with_inlined(obj: ElfObject, functions: list[Function], sources: list[SourceFunction]) -> list[Function]:
+def _with_inlined(obj: ElfObject, code_map: CodeMap, sources: list[SourceFunction]) -> list[Function]:
     """`functions` (from the symbols, sorted by address) with the code the compiler
     inlined: each source function's instances go to its out-of-line copy of the same name,
     and a source function with no such copy becomes a function of its own, after the
     others: probed at its instances, or `no-code` when the compiler left none."""
-    sites = _InstanceSites(obj, functions)
+    functions = code_map.functions
+    sites = _InstanceSites(code_map)
     by_name = {n: i for i, f in enumerate(functions) for n in (f.name, *f.aliases)}
     out = list(functions)
     extra: list[Function] = []
@@ -252,7 +257,8 @@ def _with_inlined(obj: ElfObject, functions: list[Function], sources: list[Sourc
     return out + extra
 
 
-def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: Progress) -> ObjectIndex:
+def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: Progress,
+           every_line: bool = False) -> ObjectIndex:
     """The index of the object read at `path`, called `name` in messages and reports, with
     symbols and DWARF from the separate file `debug_path` where it lacks them."""
     warnings: list[str] = []
@@ -306,12 +312,13 @@ def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: 
                     warnings.append(f"{name}: inlined code is not indexed ({e}); functions inlined at -O2 "
                                     "may be reported never executed")
             table = None
+            code_map = CodeMap(obj, functions)
             if lines:
                 progress.update("building line probes")
                 inlined = [r for source in sources for instance in source.instances for r in instance.ranges]
-                table = _line_table(obj, rows, functions, inlined) if rows is not None else LineTable.empty()
+                table = _line_table(code_map, rows, inlined, every_line) if rows is not None else LineTable.empty()
             if sources:
-                functions = _with_inlined(obj, functions, sources)
+                functions = _with_inlined(obj, code_map, sources)
         finally:
             if debug_obj is not None:
                 debug_obj.close()
@@ -327,17 +334,19 @@ def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (
     (a process's /proc/PID/map_files entry, or its view of another mount namespace).
     `debuginfod`: whether missing debug info may be fetched (when servers are named)."""
     name = name or os.path.abspath(path)
+    # For checking the block analysis: a probe on each line's own address, as before it.
+    every_line = lines and os.environ.get(PROBE_EVERY_LINE) == "1"
     progress = Progress(f"indexing {os.path.basename(name)}", quiet=quiet)
     no_debuginfod = None
     try:
         with ElfObject(path) as obj:
             debug_path, no_debuginfod = locate_debug_file(obj, debug_dirs, progress, debuginfod)
-            key = cache.key_for(obj, lines, debug_path) if use_cache else None
+            key = cache.key_for(obj, "every line" if every_line else lines, debug_path) if use_cache else None
         index = cache.load(key) if key is not None else None
         if index is not None:
             index.path = name
         else:
-            index = _build(path, name, lines, debug_path, progress)
+            index = _build(path, name, lines, debug_path, progress, every_line)
             if key is not None:
                 cache.store(key, index)
     except NoFunctionsError as e:

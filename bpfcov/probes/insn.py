@@ -209,23 +209,3 @@ def find_probe_site(code: bytes, address: int) -> ProbeSite:
 def is_probeable(code: bytes) -> bool:
     """True when uprobes accept the instruction at the start of `code` (for line probes)."""
     return bool(code) and refusal(code[:15]) is None
-
-
-def decode_function(code: bytes, address: int) -> tuple[set[int], set[int]]:
-    """The address of every instruction in `code` (a whole function loaded at `address`),
-    decoded from its start, and every address a direct jump in it goes to. Compilers put
-    no data inside x86-64 functions, so a linear decode finds the boundaries the CPU runs:
-    an address the compiler gives for code inside a function (an inlined instance's
-    entry) must be one of them before a probe goes there, since a breakpoint inside an
-    instruction would corrupt it. The jump targets are where control can enter a stretch
-    of code other than at its start."""
-    starts: set[int] = set()
-    targets: set[int] = set()
-    for start, _, mnemonic, operands in _decoder.disasm_lite(code, address):
-        starts.add(start)
-        if mnemonic[0] == "j" or mnemonic.startswith("loop"):
-            try:
-                targets.add(int(operands, 16))
-            except ValueError:
-                pass  # an indirect jump: its targets are not in the instruction
-    return starts, targets
