@@ -36,11 +36,36 @@ def seconds_of(stderr: str) -> float:
     return float(re.search(r"workload-seconds: ([\d.]+)", stderr).group(1))
 
 
+def kcov_binary() -> str | None:
+    """kcov, to compare with: on PATH, or built (once, into bench/.kcov-build) from the
+    source tree named by KCOV_SOURCE (it is not in Debian 12; see bench/README.md). None
+    when neither is there."""
+    found = shutil.which("kcov")
+    if found:
+        return found
+    build = ROOT / "bench" / ".kcov-build"
+    binary = build / "src" / "kcov"
+    source = os.environ.get("KCOV_SOURCE")
+    if not binary.exists() and (not source or not Path(source, "CMakeLists.txt").exists()):
+        return None
+    if not binary.exists():
+        build.mkdir(parents=True, exist_ok=True)
+        for step in (["cmake", "-DCMAKE_BUILD_TYPE=Release", source], ["make", "-j2", "kcov"]):
+            result = subprocess.run(step, cwd=build, capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"bench: kcov did not build ({' '.join(step[:1])}): {result.stderr.strip()[-300:]}",
+                      file=sys.stderr)
+                return None
+    return str(binary)
+
+
 def run_workload(mode: str, n: int, out: Path) -> dict:
     """One run: the program's own time, the wall time, and bpfcov's stats."""
     shutil.rmtree(out, ignore_errors=True)
     if mode == "untraced":
         cmd = [str(WORKLOAD), str(n)]
+    elif mode == "kcov":
+        cmd = [str(kcov_binary()), f"--include-path={WORKLOAD.parent}", str(out), str(WORKLOAD), str(n)]
     elif mode == "callgrind":
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.callgrind", str(WORKLOAD), str(n)]
     else:
@@ -59,6 +84,9 @@ def run_workload(mode: str, n: int, out: Path) -> dict:
 
 
 TRACED_MODES = ("hit", "count", "lines")
+# What hit mode's stats say of the time probes keep trapping (tracer.removal_stats).
+REMOVAL_STATS = ("removal_ms_p50", "removal_ms_p99", "hot_removal_ms_p50", "hot_removal_ms_p99",
+                 "traps_after_first_hit", "traps_after_first_hit_p50", "traps_after_first_hit_p99")
 
 
 def summarize(values: list[float]) -> dict:
@@ -80,6 +108,9 @@ def workload_rows(n: int, modes: list[str], runs: int, tmp: Path) -> dict:
                "wall_ratio": wall["median"] / base_wall,
                "fixed_cost_seconds": wall["median"] - program["median"]}
         if "stats" in rs[0]:
+            for key in REMOVAL_STATS:
+                if key in rs[0]["stats"]:
+                    row[key] = statistics.median(r["stats"][key] for r in rs)
             row["relinks"] = statistics.median(r["stats"]["relinks"] for r in rs)
             row["relink_seconds"] = statistics.median(r["stats"]["relink_seconds"] for r in rs)
             row["probes"] = rs[0]["stats"]["probes"]
@@ -358,6 +389,27 @@ def index_rows(tmp: Path) -> list[dict]:
     return rows
 
 
+def block_rows(tmp: Path, quick: bool) -> list[dict]:
+    """Probes with one per basic block against one on every line's own address
+    (BPFCOV_PROBE_EVERY_LINE), with and without --lines (python3.11 takes a minute: not
+    with --quick)."""
+    from bpfcov.engine.plan import plan_object
+    from bpfcov.probes.index import PROBE_EVERY_LINE, index_object
+    os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
+    rows = []
+    for name, path in [("sqlite workload", WORKLOAD), ("python3.11", Path("/usr/bin/python3.11"))]:
+        if not path.exists() or (quick and name != "sqlite workload"):
+            continue
+        for lines in (False, True):
+            counts = {}
+            for every_line in ("1", "0"):
+                os.environ[PROBE_EVERY_LINE] = every_line
+                counts[every_line] = plan_object(index_object(str(path), lines=lines, quiet=True), 0).probe_count
+            del os.environ[PROBE_EVERY_LINE]
+            rows.append({"object": name, "lines": lines, "every_line_probes": counts["1"], "block_probes": counts["0"]})
+    return rows
+
+
 def debuginfod_row(runs: int, tmp: Path) -> dict:
     """libpython's debug file served by a local debuginfod: the cold fetch (an empty client
     cache each run), then the index built from it; this machine's own copy of the file, in
@@ -502,6 +554,28 @@ def markdown(results: dict) -> str:
                          f"{p['runs']} runs | "
                          f"{fmt(r['program_ratio'])}× | {fmt(r['wall']['median'])} | "
                          f"{fmt(r['fixed_cost_seconds']) if mode in TRACED_MODES else '–'} | {extra} |")
+    lines += ["", results.get("kcov", "kcov: not measured."), ""]
+    lines += ["## Hit mode: how long a probe keeps trapping", "",
+              "A probe is taken out of the traced process after its first few hits: the time from its first hit "
+              "(and from its report as hot) to the close that removes its breakpoint, over every removal, and the "
+              "traps each probe took after its first (medians over the runs above).", "",
+              "| N | mode | first hit to removal ms p50 / p99 | hot to removal ms p50 / p99 | traps after the first: "
+              "total, p50 / p99 per probe |", "| --- | --- | --- | --- | --- |"]
+    for n, rows in results["workload"].items():
+        for mode, r in rows.items():
+            if "removal_ms_p50" in r:
+                lines.append(f"| {int(n):,} | {mode} | {fmt(r['removal_ms_p50'], 1)} / {fmt(r['removal_ms_p99'], 1)} | "
+                             f"{fmt(r['hot_removal_ms_p50'], 1)} / {fmt(r['hot_removal_ms_p99'], 1)} | "
+                             f"{r['traps_after_first_hit']:,.0f}, {r['traps_after_first_hit_p50']:.0f} / "
+                             f"{r['traps_after_first_hit_p99']:.0f} |")
+    lines += ["", "## Probes: one per basic block", "",
+              "A line in straight-line code after its block's first instruction, and a place inlined code runs "
+              "through, share the probe of their block (probes/blocks.py), against a probe at each one's own "
+              "address:", "", "| object | with lines | probe at every own address | one per block | fewer |",
+              "| --- | --- | --- | --- | --- |"]
+    for r in results["blocks"]:
+        lines.append(f"| {r['object']} | {'yes' if r['lines'] else 'no'} | {r['every_line_probes']:,} | "
+                     f"{r['block_probes']:,} | {100 * (1 - r['block_probes'] / r['every_line_probes']):.0f}% |")
     h = results["per_hit"]
     lines += ["", "## Cost of a counted hit (count mode)", "",
               f"A loop calling one function {h['calls']:,} times, median of {h['runs']} interleaved runs: "
@@ -578,48 +652,65 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = ("workload", "per_hit", "attach", "removal", "outside", "pytest", "runner", "index", "blocks",
+            "debuginfod", "report", "accuracy")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each (for the tests)")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for RESULTS.md and results.json")
+    parser.add_argument("--only", help="comma-separated sections to measure again; the others keep their figures "
+                        f"from the last results.json ({', '.join(SECTIONS)})")
     args = parser.parse_args()
+    out = Path(args.out)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if only - set(SECTIONS):
+        raise SystemExit(f"bench: unknown sections: {', '.join(sorted(only - set(SECTIONS)))}")
+    results = json.loads((out / "results.json").read_text()) if args.only else {}
     runs = 1 if args.quick else 5
+    kcov = kcov_binary()
     with tempfile.TemporaryDirectory(prefix="bpfcov-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        results = {"environment": environment(), "quick": args.quick, "workload": {}}
-        sizes = [(2000, ["untraced", "hit", "lines", "count"])] if args.quick else [
-            (200_000, ["untraced", "hit", "lines"]),
-            (2_000_000, ["untraced", "hit", "lines"]),
-            # Counting every call costs a trap each (~5 µs): at N=200,000 one run takes minutes,
-            # so count mode and callgrind are compared on a smaller workload.
-            (20_000, ["untraced", "count", "callgrind"]),
+        results.update({"environment": environment(), "quick": args.quick})
+        if "workload" in only:
+            with_kcov = ["kcov"] if kcov else []
+            results["kcov"] = f"kcov rows: {kcov}." if kcov else \
+                "kcov: not measured (not on PATH, and KCOV_SOURCE names no source tree to build it from)."
+            results["workload"] = {}
+            sizes = [(2000, ["untraced", "hit", "lines", "count"])] if args.quick else [
+                (200_000, ["untraced", "hit", "lines", *with_kcov]),
+                (2_000_000, ["untraced", "hit", "lines", *with_kcov]),
+                # Counting every call costs a trap each (~5 µs): at N=200,000 one run takes minutes,
+                # so count mode and callgrind are compared on a smaller workload.
+                (20_000, ["untraced", "count", "callgrind"]),
+            ]
+            for n, modes in sizes:
+                print(f"bench: sqlite N={n:,}: {', '.join(modes)} x{runs}", file=sys.stderr)
+                results["workload"][str(n)] = workload_rows(n, modes, runs, tmp)
+        steps = [
+            ("per_hit", "cost per counted hit", lambda: per_hit_rows(20_000 if args.quick else 1_000_000, runs, tmp)),
+            ("attach", "attach and detach", lambda: attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000],
+                                                                tmp)),
+            ("removal", "removal of a probe after its first hit", lambda: removal_rows(runs, tmp)),
+            ("outside", "processes outside a trace",
+             lambda: outside_rows(2000 if args.quick else 1_000_000, 10_000 if args.quick else 2_000_000, runs, tmp)),
+            ("pytest", "a test runner with --lines --libs", lambda: pytest_row(1 if args.quick else 3, tmp)),
+            ("runner", "a runner starting many test processes",
+             lambda: runner_row(20 if args.quick else 200, runs, tmp)),
+            ("index", "indexing", lambda: index_rows(tmp)),
+            ("blocks", "probes per basic block", lambda: block_rows(tmp, args.quick)),
+            ("debuginfod", "debug info from a local debuginfod", lambda: debuginfod_row(runs, tmp)),
+            ("report", "reports", lambda: report_row(tmp)),
         ]
-        for n, modes in sizes:
-            print(f"bench: sqlite N={n:,}: {', '.join(modes)} x{runs}", file=sys.stderr)
-            results["workload"][str(n)] = workload_rows(n, modes, runs, tmp)
-        print("bench: cost per counted hit", file=sys.stderr)
-        results["per_hit"] = per_hit_rows(20_000 if args.quick else 1_000_000, runs, tmp)
-        print("bench: attach and detach", file=sys.stderr)
-        results["attach"] = attach_rows([100, 1000] if args.quick else [1_000, 10_000, 100_000], tmp)
-        print("bench: removal of a probe after its first hit", file=sys.stderr)
-        results["removal"] = removal_rows(runs, tmp)
-        print("bench: processes outside a trace", file=sys.stderr)
-        results["outside"] = outside_rows(2000 if args.quick else 1_000_000, 10_000 if args.quick else 2_000_000,
-                                          runs, tmp)
-        print("bench: a test runner with --lines --libs", file=sys.stderr)
-        results["pytest"] = pytest_row(1 if args.quick else 3, tmp)
-        print("bench: a runner starting many test processes", file=sys.stderr)
-        results["runner"] = runner_row(20 if args.quick else 200, runs, tmp)
-        print("bench: indexing", file=sys.stderr)
-        results["index"] = index_rows(tmp)
-        print("bench: debug info from a local debuginfod", file=sys.stderr)
-        results["debuginfod"] = debuginfod_row(runs, tmp)
-        print("bench: reports", file=sys.stderr)
-        results["report"] = report_row(tmp)
-        print("bench: accuracy", file=sys.stderr)
-        results["accuracy_n"] = 2000 if args.quick else 20_000
-        results["accuracy"] = accuracy_rows(results["accuracy_n"], tmp)
-    out = Path(args.out)
+        for section, what, measure in steps:
+            if section in only:
+                print(f"bench: {what}", file=sys.stderr)
+                results[section] = measure()
+        if "accuracy" in only:
+            print("bench: accuracy", file=sys.stderr)
+            results["accuracy_n"] = 2000 if args.quick else 20_000
+            results["accuracy"] = accuracy_rows(results["accuracy_n"], tmp)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(results))

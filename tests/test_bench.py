@@ -25,9 +25,12 @@ def test_bench_quick_fills_every_section(bpf, tmp_path):
     assert results["pytest"]["probes"] > 100_000
     assert results["debuginfod"]["fetch"]["median"] > 0 and results["debuginfod"]["functions"] > 5000
     assert results["accuracy"]["count"]["missed"] == []
+    assert {r["object"] for r in results["blocks"]} == {"sqlite workload"}
+    assert all(r["block_probes"] < r["every_line_probes"] for r in results["blocks"])
+    assert results["kcov"].startswith("kcov")
     assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("sqlite workload", "counted hit", "Attach and detach", "Removal of a probe", "outside the trace",
                     "test runner",
-                    "Indexing", "Debug info from debuginfod", "Reports", "Accuracy"):
+                    "Indexing", "one per basic block", "Debug info from debuginfod", "Reports", "Accuracy"):
         assert heading in text

@@ -129,8 +129,10 @@ def _indirect_tables(operands: str, recent: list[tuple[str, str]],
 class CodeMap:
     """The functions of an object (sorted by address), each decoded when first asked."""
 
-    def __init__(self, obj: ElfObject, functions: list[Function]):
+    def __init__(self, obj: ElfObject, functions: list[Function], share_blocks: bool = True):
+        """`share_blocks`: False to have every instruction tell its own count (teller)."""
         self.obj = obj
+        self.share_blocks = share_blocks
         self.functions = functions
         self.starts = [f.address for f in functions]
         self._code: dict[int, FunctionCode] = {}
@@ -195,7 +197,7 @@ class CodeMap:
         """Where one probe tells how often the instruction at `address` ran: the first
         instruction uprobes take in its basic block. `address` itself where the blocks of
         its function are unknown; None when no instruction of its block can be probed."""
-        i = self.holder(address)
+        i = self.holder(address) if self.share_blocks else None
         leaders = self.leaders().get(i) if i is not None else None
         if i is None or leaders is None:
             return address

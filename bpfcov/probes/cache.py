@@ -32,7 +32,7 @@ def cache_dir() -> str:
     return os.path.join(base, "bpfcov")
 
 
-def key_for(obj: ElfObject, lines: bool | str, debug_file: str | None) -> str:
+def key_for(obj: ElfObject, lines: bool, debug_file: str | None, share_blocks: bool = True) -> str:
     """The key of the index of the open object `obj` built with symbols and DWARF from `debug_file`."""
     build_id = obj.build_id()
     # The same build stripped or not, with or without its debug file, indexes differently.
@@ -41,7 +41,7 @@ def key_for(obj: ElfObject, lines: bool | str, debug_file: str | None) -> str:
     real = os.path.realpath(obj.path)
     identity = f"build-id:{build_id}" if build_id else f"file:{real}:{st.st_size}:{st.st_mtime_ns}"
     debug = [debug_file, os.stat(debug_file).st_mtime_ns] if debug_file else None
-    text = json.dumps([SCHEMA, identity, complete, debug, lines])
+    text = json.dumps([SCHEMA, identity, complete, debug, lines] + ([] if share_blocks else ["every line"]))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

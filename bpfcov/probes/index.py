@@ -28,8 +28,9 @@ from bpfcov.probes.insn import find_probe_site, is_probeable
 from bpfcov.probes.model import Function, LineTable, ObjectIndex, ProbeStatus
 from bpfcov.progress import Progress
 
-# Set to 1, line probes sit at each line's own address rather than one per basic block:
-# slower, for checking probes/blocks.py against itself (tests/test_lines.py).
+# Set to 1, each line and each place inlined code runs through gets a probe at its own
+# address rather than its basic block's: slower, for checking probes/blocks.py against
+# itself (tests/test_lines.py) and for the probe counts in bench/.
 PROBE_EVERY_LINE = "BPFCOV_PROBE_EVERY_LINE"
 
 _BINDING_RANK = {"STB_GLOBAL": 0, "STB_WEAK": 1, "STB_GNU_UNIQUE": 1, "STB_LOCAL": 2}
@@ -100,12 +101,10 @@ def _inlined_body_rows(rows: LineRows, usable: np.ndarray, inlined: list[tuple[i
     return extra or None
 
 
-def _line_table(code_map: CodeMap, rows: LineRows, inlined: list[tuple[int, int]] | None = None,
-                every_line: bool = False) -> LineTable:
+def _line_table(code_map: CodeMap, rows: LineRows, inlined: list[tuple[int, int]] | None = None) -> LineTable:
     """A row per distinct is_stmt address that lies inside a measured function, and one
     for each line of inlined code those miss (`inlined`: the instances' ranges). Each row's
-    offset is where the probe telling its count sits: its basic block's (blocks.py), or
-    with `every_line` its own address."""
+    offset is where the probe telling its count sits: its basic block's (blocks.py)."""
     obj, functions = code_map.obj, code_map.functions
     usable = ~rows.end_sequence & (rows.file >= 0) & (rows.line > 0)
     keep = rows.is_stmt & usable
@@ -135,7 +134,7 @@ def _line_table(code_map: CodeMap, rows: LineRows, inlined: list[tuple[int, int]
     offsets = np.zeros(len(address), dtype=np.uint64)
     probeable = np.ones(len(address), dtype=bool)  # False: nothing tells this row's count
     for i, a in enumerate(address.tolist()):
-        teller = a if every_line else code_map.teller(a)
+        teller = code_map.teller(a)
         off = obj.file_offset(teller) if teller is not None else None
         # A teller other than the row's own address was found probeable with its block;
         # the row's own instruction is checked here, where blocks are unknown.
@@ -258,7 +257,7 @@ def _with_inlined(obj: ElfObject, code_map: CodeMap, sources: list[SourceFunctio
 
 
 def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: Progress,
-           every_line: bool = False) -> ObjectIndex:
+           share_blocks: bool = True) -> ObjectIndex:
     """The index of the object read at `path`, called `name` in messages and reports, with
     symbols and DWARF from the separate file `debug_path` where it lacks them."""
     warnings: list[str] = []
@@ -312,11 +311,11 @@ def _build(path: str, name: str, lines: bool, debug_path: str | None, progress: 
                     warnings.append(f"{name}: inlined code is not indexed ({e}); functions inlined at -O2 "
                                     "may be reported never executed")
             table = None
-            code_map = CodeMap(obj, functions)
+            code_map = CodeMap(obj, functions, share_blocks)
             if lines:
                 progress.update("building line probes")
                 inlined = [r for source in sources for instance in source.instances for r in instance.ranges]
-                table = _line_table(code_map, rows, inlined, every_line) if rows is not None else LineTable.empty()
+                table = _line_table(code_map, rows, inlined) if rows is not None else LineTable.empty()
             if sources:
                 functions = _with_inlined(obj, code_map, sources)
         finally:
@@ -335,18 +334,18 @@ def index_object(path: str, lines: bool = False, debug_dirs: tuple[str, ...] = (
     `debuginfod`: whether missing debug info may be fetched (when servers are named)."""
     name = name or os.path.abspath(path)
     # For checking the block analysis: a probe on each line's own address, as before it.
-    every_line = lines and os.environ.get(PROBE_EVERY_LINE) == "1"
+    share_blocks = os.environ.get(PROBE_EVERY_LINE) != "1"
     progress = Progress(f"indexing {os.path.basename(name)}", quiet=quiet)
     no_debuginfod = None
     try:
         with ElfObject(path) as obj:
             debug_path, no_debuginfod = locate_debug_file(obj, debug_dirs, progress, debuginfod)
-            key = cache.key_for(obj, "every line" if every_line else lines, debug_path) if use_cache else None
+            key = cache.key_for(obj, lines, debug_path, share_blocks) if use_cache else None
         index = cache.load(key) if key is not None else None
         if index is not None:
             index.path = name
         else:
-            index = _build(path, name, lines, debug_path, progress, every_line)
+            index = _build(path, name, lines, debug_path, progress, share_blocks)
             if key is not None:
                 cache.store(key, index)
     except NoFunctionsError as e:
