@@ -129,7 +129,7 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
     from bench.many_functions import write
     from bpfcov.engine.plan import plan_object
     from bpfcov.engine.program import CounterProgram, ProgramOptions
-    from bpfcov.engine.session import raise_fd_limit
+    from bpfcov.engine.session import check_links_fit, raise_fd_limit
     from bpfcov.engine.tracer import Tracer
     from bpfcov.probes.index import index_object
     rows = []
@@ -147,7 +147,7 @@ def attach_rows(counts: list[int], tmp: Path) -> list[dict]:
         for method in ("uprobe-multi", "perf-event") if count <= PERF_EVENT_MOST_PROBES else ("uprobe-multi",):
             program = CounterProgram(plan.probe_count, ProgramOptions(hit_mode=True, attach_method=method))
             tracer = Tracer(program)
-            raise_fd_limit(-(-plan.probe_count // tracer.shard_size), plan.probe_count)  # a descriptor per link
+            check_links_fit(-(-plan.probe_count // tracer.shard_size), plan.probe_count, raise_fd_limit()[1])
             start = time.perf_counter()
             tracer.add_object(index.path, index.path, plan.offsets, 0)
             tracer.attach(0, index.path)  # no process maps it: the registration alone

@@ -316,3 +316,49 @@ def test_the_attach_method_comes_from_the_config_file_the_api_or_the_kernel(bpf,
     assert api_run([shapes, "fact", "4"]).data.stats["attach_method"] == "uprobe-multi"  # this kernel has it
     with pytest.raises(BpfcovError, match="unknown attach_method 'kprobe'"):
         api_run([shapes, "fact", "4"], attach_method="kprobe")
+
+
+def _calls_new_functions_all_along(tmp_path, count: int, pause_us: int) -> str:
+    """A program that calls `count` functions in turn, each eight times, pausing `pause_us`
+    after each: a probe turns hot every pause, for count * pause_us."""
+    source = tmp_path / "many.c"
+    functions = "".join(f"__attribute__((noinline)) int f{i}(int x) {{ return x + {i}; }}\n" for i in range(count))
+    table = ", ".join(f"f{i}" for i in range(count))
+    source.write_text("#include <unistd.h>\n" + functions + f"int (*fs[])(int) = {{{table}}};\n"
+                      "int main(void) { volatile int s = 0; for (;;) for (int i = 0; i < " + str(count) +
+                      "; i++) { for (int k = 0; k < 8; k++) s += fs[i](k); usleep(" + str(pause_us) + "); } }\n")
+    binary = tmp_path / "many"
+    subprocess.run(["gcc", "-O0", "-g", "-o", binary, source], check=True)
+    return str(binary)
+
+
+def test_attach_ended_mid_run_leaves_no_process_stopped(bpf, tmp_path, attach_method):
+    """Hit mode stops a process at a probe's hot hit while the probe is taken out. bpfcov
+    ended while probes keep turning hot must leave the process running, as if never
+    traced: not stopped, still making progress. (perf-event links are released one at a
+    time, ~100 ms each: fewer functions there, for a second of hot probes all the same.)"""
+    count, pause_us = (5000, 300) if attach_method == "uprobe-multi" else (300, 5000)
+    proc = subprocess.Popen([_calls_new_functions_all_along(tmp_path, count, pause_us)])
+    try:
+        tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "attach", "--pid", str(proc.pid), "-o",
+                                   tmp_path / "out", "--attach-method", attach_method],
+                                  stderr=subprocess.PIPE, text=True)
+        assert "Tracing" in tracer.stderr.readline()
+        time.sleep(0.5)
+        tracer.send_signal(signal.SIGINT)
+        assert tracer.wait(timeout=120) == 0
+        cpu_before = None
+        for _ in range(20):  # a stopped process would stay so, and use no CPU
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            assert fields[0] != "T", "left stopped"
+            cpu_before = cpu_before if cpu_before is not None else int(fields[11]) + int(fields[12])
+            time.sleep(0.05)
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[11]) + int(fields[12]) > cpu_before
+    finally:
+        proc.kill()
+        proc.wait()
+    report = coverage_json(tmp_path / "out")
+    assert len({f["name"] for o in report["objects"] for f in o["functions"] if f["status"] == "hit"}) > 50

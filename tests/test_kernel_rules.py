@@ -133,7 +133,8 @@ def test_a_refused_probe_never_sinks_its_link(bpf, forms_process, program):
         refused = {names[i] for i in np.flatnonzero(~live)}
         assert refused == {n for n in names if kernel_refusal(entries[n][1]) is not None}
         assert sorted(asked) == sorted(names.index(n) for n in refused)
-        assert sum(shard.links[pid][1] for shard in tracer.shards if pid in shard.links) == len(names) - len(refused)
+        held = sum(len(shard.links[pid].held) for shard in tracer.shards if pid in shard.links)
+        assert held == len(names) - len(refused)
     finally:
         tracer.close()
 

@@ -35,3 +35,30 @@ def test_symbols_json_record_is_the_stored_record_without_probe_internals():
     record = function.to_json()
     assert set(record) == {f for f in Function.__dataclass_fields__} - {"probe_offset", "probe_note", "inlined_offsets"}
     assert isinstance(record["aliases"], list) and isinstance(record["probe"], str)
+
+
+def test_a_probe_has_told_all_it_can_once_every_function_it_stands_for_ran():
+    """On the -O2 inlines sample's plan: a function inlined in several places is answered
+    by its first copy that runs, and its other probes go, but not a probe that also stands
+    for a function not yet seen running."""
+    from bpfcov.engine.answered import AnsweredProbes
+    index = index_object(target("O2", "inlines"), quiet=True)
+    plan = plan_object(index, first_probe=10)
+    answered = AnsweredProbes()
+    answered.add(plan)
+    stands_for: dict[int, set[int]] = {}
+    for f, p in enumerate(plan.function_probe.tolist()):
+        if p >= 0:
+            stands_for.setdefault(p, set()).add(f)
+    for k, p in enumerate(plan.instance_probe.tolist()):
+        stands_for.setdefault(p, set()).add(int(plan.instance_function[plan.instance_of_probe[k]]))
+    inlined = next(f for f in set(plan.instance_function.tolist())
+                   if (plan.instance_function[plan.instance_of_probe] == f).sum() > 1)
+    copies = sorted(p for p, fs in stands_for.items() if inlined in fs)
+    told = set(answered.hit([copies[0]]).tolist())
+    ran = {f for f in stands_for[copies[0]]}
+    assert told == {p for p, fs in stands_for.items() if fs <= ran}
+    assert copies[0] in told and told - {copies[0]}
+    assert answered.hit([copies[0]]).size == 0  # nothing new
+    everything = answered.hit(sorted(stands_for))
+    assert set(everything.tolist()) | told == set(stands_for)

@@ -5,7 +5,7 @@
 //
 // Compile-time settings (passed by the loader with -D):
 //   MAX_PROBES    size of the counts array (the number of probes, at least 1)
-//   HIT_MODE      report a probe's first hit through the `first_hits` ring buffer
+//   HIT_MODE      report a probe's first and HOT_HITS-th hit through `hit_events`
 //   FOLLOW        catch the traced processes' new children and their execs, and the
 //                 command's exec when CGROUP_START is set, so user space can give each
 //                 its own links (below)
@@ -22,10 +22,37 @@
 BPF_F_TABLE("array", u32, u64, counts, MAX_PROBES, BPF_F_MMAPABLE);
 
 
+#if defined(HIT_MODE) || defined(FOLLOW) || defined(LOADER_HOOK)
+// Whether the program may stop processes for user space (1 while tracing). Cleared before
+// bpfcov lets go of them, so that no process is stopped with nobody left to continue it.
+BPF_ARRAY(may_stop, u32, 1);
+
+static __always_inline int stopping_allowed(void)
+{
+    u32 zero = 0;
+    u32 *allowed = may_stop.lookup(&zero);
+    return allowed && *allowed;
+}
+#endif
+
 #ifdef HIT_MODE
-// Written only on a probe's 0 -> 1 transition, so its traffic is bounded by the number of
-// probes, not by the number of calls. The payload is the probe index.
-BPF_RINGBUF_OUTPUT(first_hits, RINGBUF_PAGES);
+// Two moments of a probe's life are reported: its first hit, whose time lets user space
+// measure how long the probe keeps trapping (CLOCK_MONOTONIC, as Python's
+// time.monotonic_ns), and its HOT_HITS-th hit, which asks user space to take the probe out.
+// Taking a probe out means replacing its link (tracer.py), which costs the traced process
+// more than a few traps: a probe hit fewer times is left in place. Written only on those
+// transitions, so the traffic is bounded by the number of probes, not of calls.
+enum { HIT_FIRST = 1, HIT_HOT = 2 };  // bits: with HOT_HITS 1, a hit is both
+struct hit_event {
+    u32 probe;
+    u32 kind;
+    u64 ns;
+    u32 pid;      // stopped at a hot hit, for user space to continue
+    u32 unused;
+};
+BPF_RINGBUF_OUTPUT(hit_events, RINGBUF_PAGES);
+// Records the ring had no room for: user space then reads the counts for what it missed.
+BPF_ARRAY(lost_events, u64, 1);
 #endif
 
 int on_probe(struct pt_regs *ctx)
@@ -42,8 +69,31 @@ int on_probe(struct pt_regs *ctx)
     // Atomic: many threads on many CPUs may hit the same probe, and counts must be exact.
     u64 before = __sync_fetch_and_add(count, 1);
 #ifdef HIT_MODE
-    if (before == 0)
-        first_hits.ringbuf_output(&index, sizeof(index), 0);
+    u64 now = before + 1;
+    if (now == 1 || now == HOT_HITS) {
+        struct hit_event *event = hit_events.ringbuf_reserve(sizeof(struct hit_event));
+        if (!event) {
+            u32 zero = 0;
+            u64 *lost = lost_events.lookup(&zero);
+            if (lost)
+                __sync_fetch_and_add(lost, 1);
+            return 0;
+        }
+        event->probe = index;
+        event->kind = (now == 1 ? HIT_FIRST : 0) | (now == HOT_HITS ? HIT_HOT : 0);
+        event->ns = bpf_ktime_get_ns();
+        event->pid = 0;
+        event->unused = 0;
+        if (now == HOT_HITS && stopping_allowed()) {
+            // The process waits, stopped, while user space takes the probe out: a relink
+            // while it runs contends with its every trap for its mmap lock, and takes
+            // tens of times longer (tracer.py). Only with the event reserved: user space
+            // must hear of every stop, to end it.
+            bpf_send_signal(19 /* SIGSTOP */);
+            event->pid = bpf_get_current_pid_tgid() >> 32;
+        }
+        hit_events.ringbuf_submit(event, 0);
+    }
 #endif
     return 0;
 }
@@ -60,6 +110,8 @@ BPF_RINGBUF_OUTPUT(process_events, 16);
 
 static __always_inline void stop_for_user_space(u32 kind, u32 pid)
 {
+    if (!stopping_allowed())
+        return;
     bpf_send_signal(19 /* SIGSTOP */);
     struct process_event event = {kind, pid};
     process_events.ringbuf_output(&event, sizeof(event), 0);

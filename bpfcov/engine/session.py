@@ -38,6 +38,7 @@ import numpy as np
 from bpfcov import __version__
 from bpfcov.data.merge import merge_objects
 from bpfcov.data.model import ObjectCoverage, RunCoverage
+from bpfcov.engine.answered import AnsweredProbes
 from bpfcov.engine.execs import NO_FUNCTIONS, NOT_INDEXED, ExecPolicy
 from bpfcov.engine.plan import ObjectPlan, plan_object
 from bpfcov.engine.processes import Mapping, executable_mappings
@@ -111,11 +112,15 @@ def say(options: TraceOptions, message: str) -> None:
 FD_RESERVE = 1024
 
 
-def raise_fd_limit(link_fds: int, probes: int) -> tuple[int, int]:
+# Hit mode's links of one process may take this share of the descriptors: room for
+# several processes at once (a runner's), each with its own links.
+LINK_SHARE = 4
+
+
+def raise_fd_limit() -> tuple[tuple[int, int], int]:
     """Allow as many open files as the kernel lets bpfcov have: each traced process holds
-    a link per shard of each object it maps (with perf events, one per probe). Fails, before
-    anything is attached, when the `link_fds` the first process needs for its `probes` do
-    not fit. Returns the limits as they were, for the traced command to get back."""
+    a link per shard of each object it maps (with perf events, one per probe). Returns the
+    limits as they were, for the traced command to get back, and the new one."""
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         # Above the hard limit only with CAP_SYS_RESOURCE, and never above fs.nr_open.
@@ -124,12 +129,24 @@ def raise_fd_limit(link_fds: int, probes: int) -> tuple[int, int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
     except (OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (before[1], before[1]))
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return before, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def check_links_fit(link_fds: int, probes: int, limit: int) -> None:
+    """Fail, before anything is attached, when the `link_fds` the first process needs for
+    its `probes` do not fit under the open-file `limit`."""
     if link_fds + FD_RESERVE > limit:
         raise BpfcovError(f"{probes:,} probes need {link_fds + FD_RESERVE:,} open files with this attach method, "
                           f"above the limit of {limit:,} (RLIMIT_NOFILE's hard limit): trace fewer functions "
                           "with --include, or raise the limit (ulimit -Hn)")
-    return before
+
+
+def hit_shard_size(probes: int, smallest: int, limit: int) -> int:
+    """Probes per link in hit mode: `smallest`, since a link is replaced whole to drop a
+    probe and every probe it keeps costs the traced process (tracer.py), unless one
+    process's links would then take more than their share of the open-file `limit`."""
+    budget = max(1, (limit - FD_RESERVE) // LINK_SHARE)
+    return max(smallest, -(-probes // budget))
 
 
 def _open_mapped(pid: int, mapping: Mapping) -> int | None:
@@ -177,6 +194,7 @@ class Session:
         # object, or None for a file not traced.
         self._mapping_keys: dict[tuple, tuple[int, int] | None] = {}
         self._loaders: dict[tuple[int, int], tuple[int, int] | None] = {}  # key -> (fd, _dl_debug_state)
+        self._answered: AnsweredProbes | None = None
         self._wanted = name_filter(options.include, options.exclude) \
             if options.include or options.exclude else None
         self.program: CounterProgram | None = None
@@ -322,6 +340,8 @@ class Session:
             self._warn(f"no probe slots left for {obj.index.path}; it is not traced")
             return
         obj.plan = plan
+        if self._answered is not None:
+            self._answered.add(plan)
         if plan.probe_count:
             tracer.add_object(obj.key, obj.kernel_path, plan.offsets, plan.first_probe)
         if self.every_process:
@@ -484,10 +504,14 @@ class Session:
             plans.append(plan_object(obj.index, first_probe))
             first_probe += plans[-1].probe_count
         self.program = self._builder.get(first_probe + self.options.spare_slots)
-        self.tracer = Tracer(self.program, self.options.shard_size, on_process_events=self._processes_stopped,
-                             on_refused=self._refused)
+        self.fd_limit_before, limit = raise_fd_limit()
+        # Without lines, a probe of hit mode asks only whether its functions ever ran.
+        self._answered = AnsweredProbes() if self.program.hit_mode and not self.options.lines else None
+        self.tracer = Tracer(self.program, hit_shard_size(first_probe, self.options.shard_size, limit),
+                             on_process_events=self._processes_stopped, on_refused=self._refused,
+                             on_first_hits=self._answered.hit if self._answered is not None else None)
         shard_size = self.tracer.shard_size
-        self.fd_limit_before = raise_fd_limit(sum(-(-p.probe_count // shard_size) for p in plans), first_probe)
+        check_links_fit(sum(-(-p.probe_count // shard_size) for p in plans), first_probe, limit)
         if self.cgroup_id is not None:
             self.program.catch_exec_in_cgroup(self.cgroup_id)
         for obj, plan in zip(list(self.objects.values()), plans):
@@ -535,10 +559,13 @@ class Session:
             # A runner may run one test binary from several files (rebuilt, copied): one
             # object in the reports, as gcov would sum them.
             objects=merge_objects(objects, self.options.lines),
-            complete=complete, bpfcov_version=__version__, stats=self.stats())
+            complete=complete, bpfcov_version=__version__, stats=self.stats(counts))
 
-    def stats(self) -> dict:
+    def stats(self, counts: np.ndarray | None = None) -> dict:
+        """Figures on the run itself, kept with its data (`counts`: the final counts)."""
         tracer = self.tracer.stats if self.tracer is not None else None
+        removal = self.tracer.removal_stats(counts) \
+            if self.tracer is not None and counts is not None and self.tracer.program.hit_mode else {}
         return {
             "attach_method": self.program.method.name if self.program is not None else None,
             "probes": sum(o.plan.probe_count for o in self.objects.values() if o.plan is not None),
@@ -551,6 +578,7 @@ class Session:
             (self.tracer.probes_left if self.tracer else 0),
             "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             **({"execs": self.execs.summary()} if self.execs is not None else {}),
+            **removal,
         }
 
     def snapshot(self) -> RunCoverage:
