@@ -38,8 +38,8 @@ def spare_slots(lines: bool, objects_may_appear: bool) -> int:
 
 # Hits after which hit mode takes a probe out (counter.c). Taking one out stops the process
 # for about a millisecond (tracer.py), the cost of a thousand traps, so a probe hit only a
-# few times is cheaper left in place. On the sqlite workload at N=200,000, 16 ran the
-# program 3.0x untraced, 4 ran it 4.0x (more stops) and 64 3.4x (more traps).
+# few times is cheaper left in place. On the sqlite workload at N=200,000 (128-probe
+# shards), 16 ran the program 3.0x untraced, 4 ran it 4.0x (more stops), 64 3.4x (more traps).
 HOT_HITS = 16
 
 # The hit events' ring: about 170,000 records between two reads by user space.
