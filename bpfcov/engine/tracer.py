@@ -298,9 +298,10 @@ class Tracer:
                 hot = reports.hot
                 if self.program.hit_mode and time.monotonic() >= next_loss_check:
                     next_loss_check = time.monotonic() + LOSS_CHECK_SECONDS
-                    if self.program.lost_events() > self._lost_seen:
+                    lost = self.program.lost_events()
+                    if lost > self._lost_seen:
                         # Some reports found the ring full: every probe hit often enough is hot.
-                        self._lost_seen = self.program.lost_events()
+                        self._lost_seen = lost
                         hot = np.flatnonzero(self.program.counts >= HOT_HITS).tolist()
                 self._enqueue(queue, queued, hot, _HOT)
                 first_hits += reports.first_hits
