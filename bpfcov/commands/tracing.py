@@ -119,9 +119,10 @@ class RunCommand(Command):
         execs = _exec_policy(args)
         data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_command
-        traced = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
-                               args.interval, _snapshot_writer(data_file), builder,
-                               after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
+        with builder:
+            traced = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
+                                   args.interval, _snapshot_writer(data_file), builder,
+                                   after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
         status = traced.after if traced.coverage is not None else 1
         ending = traced.ending
         assert ending is not None  # run always has one
@@ -158,9 +159,10 @@ class AttachCommand(Command):
         execs = _exec_policy(args)
         data_file, builder = _prepare(args, libs=args.libs)
         from bpfcov.engine.targets import trace_pid
-        traced = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration, args.interval,
-                           _snapshot_writer(data_file), builder,
-                           after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
+        with builder:
+            traced = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration,
+                               args.interval, _snapshot_writer(data_file), builder,
+                               after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
         if traced.coverage is None:
             raise BpfcovError("tracing did not start")
         return traced.after
@@ -183,9 +185,10 @@ class WatchCommand(Command):
     def run(self, args) -> int:
         data_file, builder = _prepare(args)
         from bpfcov.engine.targets import trace_paths
-        traced = trace_paths(list(args.paths) + list(args.object), _options(args, False), args.duration,
-                             args.interval, _snapshot_writer(data_file), builder,
-                             after=lambda run: write_all(run, args, data_file, args.quiet))
+        with builder:
+            traced = trace_paths(list(args.paths) + list(args.object), _options(args, False), args.duration,
+                                 args.interval, _snapshot_writer(data_file), builder,
+                                 after=lambda run: write_all(run, args, data_file, args.quiet))
         if traced.coverage is None:
             raise BpfcovError("tracing did not start")
         return traced.after

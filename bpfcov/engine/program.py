@@ -316,8 +316,16 @@ class ProgramBuilder:
         program.close()
         return CounterProgram(slots, self._options)
 
+    def __enter__(self) -> ProgramBuilder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Also on an error before tracing starts: an interpreter that exits while clang
+        # still compiles on the daemon thread can crash in LLVM's teardown.
+        self.discard()
+
     def discard(self) -> None:
-        """Release the program if nobody took it."""
+        """Release the program if nobody took it (again: does nothing)."""
         self._thread.join()
         if self._program is not None:
             self._program.close()
