@@ -21,6 +21,9 @@ class SymbolsCommand(Command):
         parser.add_argument("path", help="an ELF executable or shared library")
         parser.add_argument("--json", action="store_true", help="print JSON (a stable contract) instead of a table")
         parser.add_argument("--lines", action="store_true", help="include the line probes")
+        parser.add_argument("--refs", action="store_true",
+                            help="with --json: whether each function is reachable from the object's static "
+                                 "roots, what it refers to and what refers to it")
         parser.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
                             help="also look for separate debug files under DIR")
         add_debuginfod_option(parser)
@@ -34,7 +37,12 @@ class SymbolsCommand(Command):
             print(f"bpfcov: warning: {warning}", file=sys.stderr)
         out = sys.stdout
         if args.json:
-            json.dump(index.to_json(), out, indent=1)
+            record = index.to_json()
+            if args.refs:
+                from bpfcov.prune.refs import function_references
+                for f, refs in zip(record["functions"], function_references(args.path, index)):
+                    f.update(refs)
+            json.dump(record, out, indent=1)
             out.write("\n")
             return 0
         out.write(f"{'NAME':<48} {'SIZE':>7}  {'OFFSET':>10}  {'PROBE':<10} SOURCE\n")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bpfcov.prune.model import Prune, PrunePlan
+
 
 @dataclass
 class FunctionRow:
@@ -24,8 +26,10 @@ class FunctionRow:
     probe: str               # "entry" | "moved" | "unmeasured" | "inlined" | "no-code"
     probe_note: str
     anchor: str = ""         # id of this function in the HTML report
+    index: int = -1          # its place among its object's functions (as the probe index has them)
     inlined_instances: int = 0  # places the compiler inlined it
     inlined_count: int = 0      # runs of those instances (the rest of `count` are calls)
+    prune: Prune | None = None  # never-executed out-of-line functions, when the object could be read
 
     @property
     def calls(self) -> int:
@@ -64,6 +68,7 @@ class ObjectReport:
     functions: list[FunctionRow]
     lines: list[tuple[str, int, int]]  # (file as reported, line, count)
     warnings: list[str]
+    plan: PrunePlan | None = None      # None when the object's file could not be read
 
     @property
     def dead_bytes(self) -> int:
@@ -81,6 +86,7 @@ class Totals:
     functions_unmeasured: int = 0
     functions_no_code: int = 0
     dead_bytes: int = 0
+    unreachable_bytes: int = 0  # own bytes of never-executed functions of class unreachable
     lines: int = 0
     lines_hit: int = 0
 

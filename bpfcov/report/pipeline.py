@@ -13,10 +13,12 @@ Rules applied here, for every format alike:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bpfcov.data.model import RunCoverage
 from bpfcov.probes.model import name_filter
+from bpfcov.prune.model import UNREACHABLE, PrunePlan
 from bpfcov.report.model import FunctionRow, ObjectReport, Report, SourceFile, Totals
 
 
@@ -26,6 +28,7 @@ class ReportOptions:
     relative_to: str | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    prune: bool = True     # plan the pruning of each object whose file is here (prune/)
 
 
 def rewrite_path(path: str | None, options: ReportOptions) -> str | None:
@@ -44,6 +47,20 @@ def rewrite_path(path: str | None, options: ReportOptions) -> str | None:
 
 def _anchor(object_index: int, function_index: int) -> str:
     return f"f{object_index}-{function_index}"
+
+
+def _plan(index, statuses: Sequence[str]) -> tuple[PrunePlan | None, str | None]:
+    """The object's pruning plan, or why there is none."""
+    # Imported here: the graph needs numpy and capstone, which the command line must not
+    # load before it has checked for root (tests/test_cli.py).
+    from bpfcov.prune.graph import GraphUnavailable, graph_of
+    from bpfcov.prune.plan import prune_plan
+
+    try:
+        graph = graph_of(index)
+    except GraphUnavailable as e:
+        return None, f"no pruning plan: {e}"
+    return prune_plan(graph, statuses, [f.display_name for f in index.functions]), None
 
 
 def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Report:
@@ -68,14 +85,17 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 # A line with several addresses ran as often as its busiest address.
                 line_rows[key] = max(line_rows.get(key, 0), count)
         executed, inlined = obj.executed_counts(), obj.inlined()  # the one rule: data/model.py
+        statuses = [obj.function_status(fi) for fi in range(len(index.functions))]
+        plan, why_no_plan = _plan(index, statuses) if options.prune else (None, None)
         for fi, f in enumerate(index.functions):
             count = int(executed[fi])
-            status = obj.function_status(fi)
+            status = statuses[fi]
             row = FunctionRow(
                 object_path=index.path, name=f.name, display_name=f.display_name, address=f.address,
                 size=f.size, file=rewrite_path(f.file, options), line=f.line, end_line=f.end_line,
                 count=count, status=status, aliases=f.aliases, probe=f.probe.value, probe_note=f.probe_note,
-                anchor=_anchor(oi, fi), inlined_instances=f.inlined_instances, inlined_count=int(inlined[fi]))
+                anchor=_anchor(oi, fi), index=fi, inlined_instances=f.inlined_instances, inlined_count=int(inlined[fi]),
+                prune=plan.prune.get(fi) if plan is not None else None)
             if not wanted(row):
                 continue
             rows.append(row)
@@ -88,6 +108,8 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 totals.functions_no_code += 1
             else:
                 totals.dead_bytes += row.own_bytes
+                if row.prune is not None and row.prune.klass == UNREACHABLE:
+                    totals.unreachable_bytes += row.own_bytes
             if row.file is not None and row.line is not None and status not in ("unmeasured", "no-code"):
                 source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
                 source.functions.append(row)
@@ -110,7 +132,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 known.lines[line] = max(known.lines.get(line, 0), count)
         objects.append(ObjectReport(index.path, index.build_id, rows,
                                     sorted((p, n, c) for (p, n), c in line_rows.items() if p is not None),
-                                    list(index.warnings)))
+                                    list(index.warnings) + ([why_no_plan] if why_no_plan else []), plan))
     ordered = [files[p] for p in sorted(files)]
     for source in ordered:
         source.functions.sort(key=lambda r: (r.line or 0, r.name))

@@ -66,6 +66,7 @@ class Tile:
     title: str           # tooltip
     status: str          # for functions: hit / unhit / unmeasured; "" for groups
     href: str = ""
+    klass: str = ""      # a never-executed function's pruning class (prune/plan.py), if known
 
 
 def layout(groups: list[tuple[str, list[tuple[str, list]]]], width: float, height: float,
@@ -89,6 +90,7 @@ def layout(groups: list[tuple[str, list[tuple[str, list]]]], width: float, heigh
             for fn, rect in zip(fns, squarify([f.size for f in fns], inner(frect, True))):
                 if rect.w < 0.5 or rect.h < 0.5:
                     continue
-                tiles.append(Tile(rect, 2, fn.display_name,
-                                  f"{fn.display_name}: {fn.size:,} bytes, {fn.status}", fn.status, f"#{fn.anchor}"))
+                klass = fn.prune.klass if fn.prune is not None and fn.status == "unhit" else ""
+                title = f"{fn.display_name}: {fn.size:,} bytes, {fn.status}" + (f", {klass}" if klass else "")
+                tiles.append(Tile(rect, 2, fn.display_name, title, fn.status, f"#{fn.anchor}", klass))
     return tiles

@@ -19,6 +19,8 @@ from bpfcov.report.treemap import layout
 
 TREEMAP_WIDTH = 1200
 TREEMAP_HEIGHT = 520
+# Cuts listed in the pruning plan: the largest; coverage.json classes every function.
+MAX_CUTS_SHOWN = 500
 
 
 @dataclass
@@ -42,6 +44,25 @@ class ObjectSummary:
     dead_bytes: int
     total_bytes: int
     warnings: list[str]
+
+
+@dataclass
+class CutView:
+    """One row of the pruning plan: a never-executed function to remove, and its cluster."""
+    root: FunctionRow
+    klass: str
+    retained_bytes: int
+    cluster: list[FunctionRow]      # the others that go with it, largest first
+    referenced_by: list[str]
+    more_referrers: int             # referrers not named
+    root_reason: str | None         # why it is a static root itself (an export)
+
+
+@dataclass
+class ClassTotal:
+    klass: str
+    functions: int
+    bytes: int
 
 
 @dataclass
@@ -103,6 +124,7 @@ def pages(report: Report, sources: SourceReader):
                              sum(f.status == "unmeasured" for f in o.functions), o.dead_bytes, o.total_bytes,
                              o.warnings) for o in report.objects]
 
+    cuts, class_totals = pruning_plan(report)
     groups = []
     for o in report.objects:
         by_file: dict[str, list[FunctionRow]] = {}
@@ -115,11 +137,38 @@ def pages(report: Report, sources: SourceReader):
     index = {
         "report": report, "totals": report.totals, "unhit": unhit, "unmeasured": unmeasured, "hit": hit,
         "files": files, "objects": objects, "tiles": tiles, "page_of": page_of,
+        "cuts": cuts[:MAX_CUTS_SHOWN], "cuts_not_shown": max(0, len(cuts) - MAX_CUTS_SHOWN),
+        "class_totals": class_totals, "planned": any(o.plan is not None for o in report.objects),
         "treemap_width": TREEMAP_WIDTH, "treemap_height": TREEMAP_HEIGHT,
         "started": started.strftime("%Y-%m-%d %H:%M:%S %Z") if started else "",
         "duration": f"{report.duration:.2f} s" if report.duration is not None else "",
     }
     return index, file_pages
+
+
+def pruning_plan(report: Report) -> tuple[list[CutView], list[ClassTotal]]:
+    """The cuts of every object whose plan is known, largest first, and the never-executed
+    functions' bytes per class."""
+    cuts: list[CutView] = []
+    totals = {klass: ClassTotal(klass, 0, 0) for klass in ("unreachable", "dead-only", "cold")}
+    for o in report.objects:
+        if o.plan is None:
+            continue
+        # Rows are the functions the report shows (--include/--exclude); the plan is the whole object's.
+        row_of = {f.index: f for f in o.functions}
+        for f in o.functions:
+            if f.prune is not None and f.status == "unhit":
+                totals[f.prune.klass].functions += 1
+                totals[f.prune.klass].bytes += f.own_bytes
+        for cut in o.plan.cuts:
+            root = row_of.get(cut.function)
+            if root is None:
+                continue
+            cluster = [row_of[m] for m in cut.cluster[1:] if m in row_of]
+            cuts.append(CutView(root, cut.klass, cut.retained_bytes, cluster, cut.referenced_by,
+                                cut.referrers - len(cut.referenced_by), cut.root))
+    cuts.sort(key=lambda c: (-c.retained_bytes, c.root.display_name))
+    return cuts, list(totals.values())
 
 
 def environment():

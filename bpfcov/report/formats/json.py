@@ -39,16 +39,19 @@ def as_dict(report: Report) -> dict:
 
 def function_json(f) -> dict:
     """One function's record (a FunctionRow), as coverage.json and the API give it: `count`
-    is its out-of-line calls, `inlined_count` the runs of its `inlined_instances`."""
+    is its out-of-line calls, `inlined_count` the runs of its `inlined_instances`; `prune`
+    (never-executed functions of an object whose file was read, else null) its class and
+    the bytes its removal frees (prune/plan.py)."""
+    prune = {"class": f.prune.klass, "retained_bytes": f.prune.retained_bytes} if f.prune is not None else None
     return {"name": f.name, "display_name": f.display_name, "address": f.address, "size": f.size,
             "file": f.file, "line": f.line, "count": f.calls, "status": f.status, "aliases": list(f.aliases),
-            "inlined_instances": f.inlined_instances, "inlined_count": f.inlined_count}
+            "inlined_instances": f.inlined_instances, "inlined_count": f.inlined_count, "prune": prune}
 
 
 def totals_json(t) -> dict:
     return {"functions": t.functions, "functions_hit": t.functions_hit,
             "functions_unmeasured": t.functions_unmeasured, "functions_no_code": t.functions_no_code,
-            "dead_bytes": t.dead_bytes,
+            "dead_bytes": t.dead_bytes, "unreachable_bytes": t.unreachable_bytes,
             "lines": t.lines, "lines_hit": t.lines_hit}
 
 
