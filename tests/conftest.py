@@ -123,6 +123,15 @@ def assert_counts_equal_gcov(ours: dict[str, int], oracle: dict[str, int]) -> in
     return compared
 
 
+def read_until_tracing(tracer: subprocess.Popen) -> None:
+    """Read a bpfcov's stderr until it says it is tracing. Progress lines may come first:
+    indexing a big object, or any object on a slow machine, takes over a second."""
+    for line in tracer.stderr:
+        if "Tracing" in (line.decode() if isinstance(line, bytes) else line):
+            return
+    raise AssertionError(f"bpfcov ended before tracing (exit {tracer.wait()})")
+
+
 def coverage_json(out_dir: Path) -> dict:
     return json.loads((out_dir / "coverage.json").read_text())
 

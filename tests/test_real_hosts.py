@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, bpfcov, coverage_json, function_counts, gcov_counts, target
+from conftest import ROOT, bpfcov, coverage_json, function_counts, gcov_counts, read_until_tracing, target
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 
@@ -23,14 +23,6 @@ def _hit(obj: dict) -> set[str]:
 
 def _subset(counts: dict, expected: dict) -> dict:
     return {name: counts.get(name) for name in expected}
-
-
-def _read_until_tracing(proc) -> None:
-    """Skip progress lines until bpfcov says it is tracing."""
-    for line in proc.stderr:
-        if "Tracing" in line:
-            return
-    raise AssertionError("bpfcov ended before tracing")
 
 
 def _stored(out) -> object:
@@ -83,7 +75,7 @@ def test_attach_with_libs_covers_glibc_in_a_running_interpreter(bpf, tmp_path):
     try:
         tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "attach", "--pid", str(proc.pid), "--libs",
                                    "-o", out], stderr=subprocess.PIPE, text=True)
-        _read_until_tracing(tracer)
+        read_until_tracing(tracer)
         proc.stdin.write("import json, re, os, zlib; json.dumps({'a': [1.5, 'x']}); re.sub('a+', 'b', 'caat')\n")
         proc.stdin.write("os.listdir('/'); zlib.compress(b'x' * 1000); "
                          "print(sorted(os.environ)[:1], file=sys.stderr)\n")
@@ -190,7 +182,7 @@ def test_processes_outside_the_trace_never_get_a_breakpoint(bpf, tmp_path):
                                tmp_path / "out", "--", shapes, "serve"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert "Tracing" in tracer.stderr.readline().decode()
+        read_until_tracing(tracer)
         tracer.stdin.write(b"circle 1\n")
         tracer.stdin.flush()
         # Its answer shows it is past its start-up, so every library it maps has its links.
@@ -237,7 +229,7 @@ def test_attach_to_a_process_in_another_mount_namespace(bpf, tmp_path):
         assert not os.path.exists("/mnt/sqdrv")
         tracer = subprocess.Popen([sys.executable, "-m", "bpfcov", "attach", "--pid", str(proc.pid), "--mode",
                                    "count", "-o", out], stderr=subprocess.PIPE, text=True)
-        assert "Tracing" in tracer.stderr.readline()
+        read_until_tracing(tracer)
         proc.stdin.write("square 2\n")
         proc.stdin.flush()
         assert proc.stdout.readline() == "4.000\n"

@@ -13,7 +13,16 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import ROOT, bpf_ids, bpf_leaks, bpfcov, coverage_json, function_counts, target
+from conftest import (
+    ROOT,
+    bpf_ids,
+    bpf_leaks,
+    bpfcov,
+    coverage_json,
+    function_counts,
+    read_until_tracing,
+    target,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +72,7 @@ def test_sighup_saves_and_detaches(bpf, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bpfcov", "watch", target("O0", "shapes"), "-o", out],
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert "Tracing" in proc.stderr.readline()
+        read_until_tracing(proc)
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -202,7 +211,7 @@ def test_watch_finds_every_function_of_a_thousand_short_processes(bpf, tmp_path)
     watcher = subprocess.Popen([sys.executable, "-m", "bpfcov", "watch", binary, "-o", out, "--mode", "count"],
                                stderr=subprocess.PIPE, text=True)
     try:
-        assert "Tracing" in watcher.stderr.readline()
+        read_until_tracing(watcher)
         for _ in range(10):
             subprocess.run([binary, "100"], check=True, capture_output=True)
         watcher.send_signal(signal.SIGINT)
