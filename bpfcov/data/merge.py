@@ -45,14 +45,15 @@ def merge_objects(objects: list[ObjectCoverage], lines: bool) -> list[ObjectCove
         if key not in by_key:
             by_key[key] = ObjectCoverage(obj.index, obj.function_counts.copy(),
                                          obj.line_counts.copy() if lines and obj.line_counts is not None else None,
-                                         obj.inlined().copy())
+                                         obj.inlined().copy(), obj.first_hit_ns().copy())
             if not lines:
                 by_key[key].index.lines = None
             merged.append(by_key[key])
             continue
         target = by_key[key]
         position = {f.name: i for i, f in enumerate(target.index.functions)}
-        their_inlined = obj.inlined()
+        their_inlined, their_first = obj.inlined(), obj.first_hit_ns()
+        ours_first = target.first_hits
         for i, f in enumerate(obj.index.functions):
             j = position.get(f.name)
             if j is None:
@@ -60,6 +61,9 @@ def merge_objects(objects: list[ObjectCoverage], lines: bool) -> list[ObjectCove
                                   "the same build-id; the data files disagree")
             target.function_counts[j] += obj.function_counts[i]
             target.inlined_counts[j] += their_inlined[i]  # type: ignore[index]  # set just above
+            # The earliest first hit into any run; 0 (unknown) yields to any known one.
+            if their_first[i] and (not ours_first[j] or their_first[i] < ours_first[j]):  # type: ignore[index]
+                ours_first[j] = their_first[i]  # type: ignore[index]
         ours, theirs = target.index.lines, obj.index.lines
         if lines and target.line_counts is not None and obj.line_counts is not None \
                 and ours is not None and theirs is not None:

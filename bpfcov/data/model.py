@@ -27,6 +27,9 @@ class ObjectCoverage:
     function_counts: np.ndarray              # int64, one per index.functions: hits at the entry
     line_counts: np.ndarray | None = None    # int64, one per index.lines row
     inlined_counts: np.ndarray | None = None  # int64, one per function: its inlined instances' runs
+    # int64, one per function: ns into the run at which it first ran, at its entry or any
+    # of its lines (hit mode sees first hits; count mode does not, and leaves 0: unknown)
+    first_hits: np.ndarray | None = None
     _calls: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def call_counts(self) -> np.ndarray:
@@ -45,6 +48,11 @@ class ObjectCoverage:
         if self.inlined_counts is None:
             return np.zeros(len(self.index.functions), dtype=np.int64)
         return np.asarray(self.inlined_counts, dtype=np.int64)
+
+    def first_hit_ns(self) -> np.ndarray:
+        if self.first_hits is None:
+            return np.zeros(len(self.index.functions), dtype=np.int64)
+        return np.asarray(self.first_hits, dtype=np.int64)
 
     def executed_counts(self) -> np.ndarray:
         """Per function: its calls plus its inlined instances' runs."""

@@ -34,15 +34,17 @@ from bpfcov.probes.model import (
 
 FORMAT = "bpfcov"
 # 2: inlined instances (a function's inlined_* fields, and the runs of its instances).
-# Files of schema 1 are read with those left empty.
-SCHEMA = 2
+# 3: each function's first hit (ns into the run), for the orderfile.
+# Files of an older schema are read with those left empty.
+SCHEMA = 3
 
 _DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE objects (id INTEGER PRIMARY KEY, path TEXT NOT NULL, build_id TEXT,
                       debug_file TEXT, warnings TEXT NOT NULL);
 CREATE TABLE functions (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, {FUNCTION_COLUMNS},
-                        count INTEGER NOT NULL, inlined_count INTEGER NOT NULL, PRIMARY KEY (object_id, idx));
+                        count INTEGER NOT NULL, inlined_count INTEGER NOT NULL,
+                        first_hit_ns INTEGER NOT NULL, PRIMARY KEY (object_id, idx));
 CREATE TABLE line_files (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL,
                          PRIMARY KEY (object_id, idx));
 CREATE TABLE lines (object_id INTEGER NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -94,9 +96,10 @@ def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
         db.execute("INSERT INTO objects VALUES (?, ?, ?, ?, ?)",
                    (object_id, ix.path, ix.build_id, ix.debug_file, json.dumps(ix.warnings)))
         db.executemany(
-            f"INSERT INTO functions VALUES ({', '.join('?' * (len(FUNCTION_FIELDS) + 4))})",
-            ((object_id, i, *function_record(f), int(c), int(n))
-             for i, (f, c, n) in enumerate(zip(ix.functions, obj.function_counts.tolist(), obj.inlined().tolist()))))
+            f"INSERT INTO functions VALUES ({', '.join('?' * (len(FUNCTION_FIELDS) + 5))})",
+            ((object_id, i, *function_record(f), int(c), int(n), int(ns))
+             for i, (f, c, n, ns) in enumerate(zip(ix.functions, obj.function_counts.tolist(),
+                                                   obj.inlined().tolist(), obj.first_hit_ns().tolist()))))
         if ix.lines is not None:
             t = ix.lines
             db.executemany("INSERT INTO line_files VALUES (?, ?, ?)",
@@ -141,15 +144,17 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
     present = {row[1] for row in db.execute("PRAGMA table_info(functions)")}
     columns = ", ".join(name if name in present else repr(STORED_DEFAULTS[name]) for name in FUNCTION_FIELDS)
     inlined_column = "inlined_count" if "inlined_count" in present else "0"
+    first_hit_column = "first_hit_ns" if "first_hit_ns" in present else "0"
     for object_id, path, build_id, debug_file, warnings in db.execute(
             "SELECT id, path, build_id, debug_file, warnings FROM objects ORDER BY id"):
-        functions, counts, inlined = [], [], []
-        for *values, count, runs in db.execute(
-                f"SELECT {columns}, count, {inlined_column} FROM functions WHERE object_id = ? ORDER BY idx",
-                (object_id,)):
+        functions, counts, inlined, first_hits = [], [], [], []
+        for *values, count, runs, first_hit in db.execute(
+                f"SELECT {columns}, count, {inlined_column}, {first_hit_column} FROM functions "
+                "WHERE object_id = ? ORDER BY idx", (object_id,)):
             functions.append(function_from_record(values))
             counts.append(count)
             inlined.append(runs)
+            first_hits.append(first_hit)
         lines, line_counts = None, None
         if run.lines:
             files = [p for (p,) in db.execute(
@@ -163,5 +168,5 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
             line_counts = np.array(cols[5], dtype=np.int64)
         index = ObjectIndex(path, build_id, functions, lines, json.loads(warnings), debug_file)
         run.objects.append(ObjectCoverage(index, np.array(counts, dtype=np.int64), line_counts,
-                                          np.array(inlined, dtype=np.int64)))
+                                          np.array(inlined, dtype=np.int64), np.array(first_hits, dtype=np.int64)))
     return run

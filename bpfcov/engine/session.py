@@ -210,6 +210,9 @@ class Session:
         self._next_rescan = 0.0
         self.refusals: dict[int, int | None] = {}  # probe -> offset it moved to, None if dropped
         self.started = time.time()
+        # The BPF program's clock (CLOCK_MONOTONIC), read before any probe is in: first
+        # hits are kept as ns from here, comparable across the runs a merge combines.
+        self._started_ns = time.monotonic_ns()
         self.ended: float | None = None
         self.warnings: list[str] = []
         self._probes_left: int | None = None  # probes still attached when tracing stopped
@@ -551,7 +554,8 @@ class Session:
                 lp = plan.line_probe if kept_lines is None else plan.line_probe[kept_lines]
                 lcounts = np.where(lp >= 0, counts[np.maximum(lp, 0)].astype(np.int64), 0) if len(lp) \
                     else np.zeros(0, dtype=np.int64)
-            objects.append(ObjectCoverage(index, fcounts, lcounts, plan.inlined_runs(counts)))
+            objects.append(ObjectCoverage(index, fcounts, lcounts, plan.inlined_runs(counts),
+                                          self._first_hits(plan, kept_lines)))
         return RunCoverage(
             mode=self.options.mode, command=list(self.command), started=self.started,
             ended=self.ended if complete else time.time(), host=socket.gethostname(),
@@ -560,6 +564,27 @@ class Session:
             # object in the reports, as gcov would sum them.
             objects=merge_objects(objects, self.options.lines),
             complete=complete, bpfcov_version=__version__, stats=self.stats(counts))
+
+    def _first_hits(self, plan: ObjectPlan, kept_lines: np.ndarray | None) -> np.ndarray | None:
+        """Per function: ns from the start of tracing to its first hit, at its entry or at
+        any of its lines, whichever came first; 0 where no first hit was seen. None in
+        count mode, which does not see first hits."""
+        assert self.program is not None
+        moments = self.program.first_hit_ns.copy()  # the tracer thread writes it
+        if not len(moments):
+            return None
+        never = np.iinfo(np.int64).max
+
+        def at(probes: np.ndarray) -> np.ndarray:
+            ns = moments[np.maximum(probes, 0)]
+            return np.where((probes >= 0) & (ns > 0), ns, never)
+
+        first = at(plan.function_probe)
+        lines = plan.index.lines
+        if plan.line_probe is not None and lines is not None and len(plan.line_probe):
+            keep = slice(None) if kept_lines is None else kept_lines
+            np.minimum.at(first, lines.function[keep].astype(np.int64), at(plan.line_probe[keep]))
+        return np.where(first < never, np.maximum(first - self._started_ns, 1), 0)
 
     def stats(self, counts: np.ndarray | None = None) -> dict:
         """Figures on the run itself, kept with its data (`counts`: the final counts)."""

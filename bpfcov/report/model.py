@@ -30,6 +30,7 @@ class FunctionRow:
     inlined_instances: int = 0  # places the compiler inlined it
     inlined_count: int = 0      # runs of those instances (the rest of `count` are calls)
     prune: Prune | None = None  # never-executed out-of-line functions, when the object could be read
+    first_hit_ns: int = 0       # ns into the run at which it first ran; 0: unknown (count mode) or never
 
     @property
     def calls(self) -> int:

@@ -84,7 +84,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 key = (path, line)
                 # A line with several addresses ran as often as its busiest address.
                 line_rows[key] = max(line_rows.get(key, 0), count)
-        executed, inlined = obj.executed_counts(), obj.inlined()  # the one rule: data/model.py
+        executed, inlined, first_hits = obj.executed_counts(), obj.inlined(), obj.first_hit_ns()  # data/model.py
         statuses = [obj.function_status(fi) for fi in range(len(index.functions))]
         plan, why_no_plan = _plan(index, statuses) if options.prune else (None, None)
         for fi, f in enumerate(index.functions):
@@ -95,7 +95,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 size=f.size, file=rewrite_path(f.file, options), line=f.line, end_line=f.end_line,
                 count=count, status=status, aliases=f.aliases, probe=f.probe.value, probe_note=f.probe_note,
                 anchor=_anchor(oi, fi), index=fi, inlined_instances=f.inlined_instances, inlined_count=int(inlined[fi]),
-                prune=plan.prune.get(fi) if plan is not None else None)
+                prune=plan.prune.get(fi) if plan is not None else None, first_hit_ns=int(first_hits[fi]))
             if not wanted(row):
                 continue
             rows.append(row)
