@@ -28,6 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.layout import layout_rows  # noqa: E402  (needs ROOT on the path)
+from bench.layout import markdown as layout_markdown  # noqa: E402
+
 WORKLOAD = ROOT / "sample_targets/build/sqlite/workload"
 BPFCOV = [sys.executable, "-m", "bpfcov"]
 
@@ -635,7 +638,8 @@ def markdown(results: dict) -> str:
               f"({fmt(i['min'])}–{fmt(i['max'])}), {f['runs']} runs."]
     rep = results["report"]
     lines += ["", "## Reports", "", f"lcov + HTML + JSON from the sqlite data file with --lines "
-              f"({rep['data_file_mib']:.1f} MiB): {fmt(rep['seconds'])} s (including Python start-up).", ""]
+              f"({rep['data_file_mib']:.1f} MiB): {fmt(rep['seconds'])} s (including Python start-up)."]
+    lines += [*layout_markdown(results["layout"]), ""]
     acc = results["accuracy"]
     lines += ["## Accuracy", "", f"Functions of the sqlite workload (N={results['accuracy_n']:,}) that executed, "
               "by callgrind (the oracle) and by bpfcov:", "",
@@ -653,7 +657,7 @@ def markdown(results: dict) -> str:
 
 
 SECTIONS = ("workload", "per_hit", "attach", "removal", "outside", "pytest", "runner", "index", "blocks",
-            "debuginfod", "report", "accuracy")
+            "debuginfod", "report", "layout", "accuracy")
 
 
 def main() -> None:
@@ -702,6 +706,8 @@ def main() -> None:
             ("blocks", "probes per basic block", lambda: block_rows(tmp, args.quick)),
             ("debuginfod", "debug info from a local debuginfod", lambda: debuginfod_row(runs, tmp)),
             ("report", "reports", lambda: report_row(tmp)),
+            ("layout", "code layout from an orderfile",
+             lambda: layout_rows(2000 if args.quick else 20_000, 1 if args.quick else 11, tmp)),
         ]
         for section, what, measure in steps:
             if section in only:

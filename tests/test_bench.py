@@ -28,9 +28,12 @@ def test_bench_quick_fills_every_section(bpf, tmp_path):
     assert {r["object"] for r in results["blocks"]} == {"sqlite workload"}
     assert all(r["block_probes"] < r["every_line_probes"] for r in results["blocks"])
     assert results["kcov"].startswith("kcov")
+    layout = results["layout"]  # pages spanned are counted, not timed: the layout must pack the executed code
+    assert layout["executed_functions"] > 400
+    assert layout["pages_spanned"]["orderfile"] < layout["pages_spanned"]["lld's own layout"]
     assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("sqlite workload", "counted hit", "Attach and detach", "Removal of a probe", "outside the trace",
-                    "test runner",
-                    "Indexing", "one per basic block", "Debug info from debuginfod", "Reports", "Accuracy"):
+                    "test runner", "Indexing", "one per basic block", "Debug info from debuginfod", "Reports",
+                    "Code layout", "Accuracy"):
         assert heading in text
