@@ -103,6 +103,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "mode": ("mode", _mode),
     "lines": ("lines", _flag),
     "libs": ("libs", _flag),
+    "libs-only": ("libs_only", _texts),
     "include-path": ("include_path", _texts),
     "exclude-path": ("exclude_path", _texts),
     "all-execs": ("all_execs", _flag),

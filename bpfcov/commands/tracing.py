@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 
@@ -26,9 +27,27 @@ from bpfcov.engine.program import ProgramBuilder, check_privileges, program_opti
 from bpfcov.errors import BpfcovError, UsageError
 
 
+def add_libs_options(parser, what: str) -> None:
+    parser.add_argument("--libs", action="store_true", help=f"also trace the shared libraries {what}")
+    parser.add_argument("--libs-only", action="append", default=[], metavar="REGEX",
+                        help="trace only the libraries whose path matches (repeatable; implies --libs): an "
+                             "extension module, not the interpreter that loads it")
+
+
+def _libraries_wanted(args) -> None:
+    """--libs-only implies --libs; each of its patterns must compile."""
+    for pattern in args.libs_only:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UsageError(f"--libs-only {pattern!r}: not a regular expression ({e})") from None
+    args.libs = args.libs or bool(args.libs_only)
+
+
 def _options(args, libs: bool):
     from bpfcov.engine.session import TraceOptions
     return TraceOptions(mode=args.mode, lines=args.lines, include=args.include, exclude=args.exclude,
+                        libs_only=tuple(getattr(args, "libs_only", ())),
                         debug_dirs=tuple(args.debug_dir), quiet=args.quiet, attach_method=args.attach_method,
                         spare_slots=spare_slots(args.lines, args.subcommand != "watch"),
                         ends_by_itself=args.subcommand == "run" or bool(getattr(args, "duration", None)))
@@ -63,16 +82,19 @@ def _absolute_paths(args) -> None:
         args.command[0] = absolute(args.command[0])
 
 
-def _prepare(args, libs: bool = False) -> tuple[str, ProgramBuilder]:
+def _prepare(args) -> tuple[str, ProgramBuilder]:
     """Check what needs no tracing, then start compiling: (data file path, compile)."""
     validate_formats(args)
+    if hasattr(args, "libs_only"):
+        _libraries_wanted(args)
     if args.interval and getattr(args, "duration", None) and args.interval >= args.duration:
         raise UsageError(f"--interval {args.interval:g} is not shorter than --duration {args.duration:g}: "
                          "no snapshot would ever be written")
     check_privileges()
     check_output_dir(args.output)
     _absolute_paths(args)
-    builder = ProgramBuilder(program_options(args.subcommand, args.mode, libs, args.object, args.attach_method),
+    builder = ProgramBuilder(program_options(args.subcommand, args.mode, getattr(args, "libs", False), args.object,
+                                             args.attach_method),
                              slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, args.subcommand != "watch"))
     return os.path.join(args.output, "bpfcov.db"), builder
 
@@ -102,8 +124,7 @@ class RunCommand(Command):
 
     def prepare_parser(self, parser) -> None:
         add_trace_options(parser)
-        parser.add_argument("--libs", action="store_true",
-                            help="also trace the shared libraries the command maps, including dlopen()ed ones")
+        add_libs_options(parser, "the command maps, including dlopen()ed ones")
         parser.add_argument("--duration", type=positive_float, metavar="S",
                             help="stop tracing after S seconds (the command keeps running)")
         add_exec_options(parser)
@@ -117,7 +138,7 @@ class RunCommand(Command):
         if not args.command:
             raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
         execs = _exec_policy(args)
-        data_file, builder = _prepare(args, libs=args.libs)
+        data_file, builder = _prepare(args)
         from bpfcov.engine.targets import trace_command
         with builder:
             traced = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
@@ -149,7 +170,7 @@ class AttachCommand(Command):
 
     def prepare_parser(self, parser) -> None:
         parser.add_argument("--pid", type=int, required=True, help="the process to cover")
-        parser.add_argument("--libs", action="store_true", help="also trace the shared libraries it maps")
+        add_libs_options(parser, "it maps")
         parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
         add_trace_options(parser)
         add_exec_options(parser)
@@ -157,7 +178,7 @@ class AttachCommand(Command):
 
     def run(self, args) -> int:
         execs = _exec_policy(args)
-        data_file, builder = _prepare(args, libs=args.libs)
+        data_file, builder = _prepare(args)
         from bpfcov.engine.targets import trace_pid
         with builder:
             traced = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration,

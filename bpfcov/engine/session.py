@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import resource
 import select
 import signal
@@ -67,6 +68,7 @@ class TraceOptions:
     # Slots kept free for objects that appear during the run (dlopen, --libs).
     spare_slots: int = 0
     ends_by_itself: bool = True  # False for watch and attach, which say how to end them
+    libs_only: tuple[str, ...] = ()  # with libs: only libraries whose path one of these matches
 
 
 @dataclass
@@ -278,11 +280,16 @@ class Session:
                 raise
             self._warn(f"not tracing {name or path}: {e}")
 
+    def wants_library(self, path: str) -> bool:
+        """Whether a shared library is to be traced: with --libs, and when --libs-only
+        names some, one whose path a pattern matches."""
+        return self.libs and (not self.options.libs_only or any(re.search(p, path) for p in self.options.libs_only))
+
     def _wants(self, mapping: Mapping, is_program: bool) -> bool:
         """Whether a file no object is known for yet is to be traced: a process's program
         as the exec policy says, a library when --libs is given."""
         if not is_program:
-            return self.libs
+            return self.wants_library(mapping.path)
         if self.execs is None:
             return False
         reason = self.execs.reason_to_skip(mapping.path)

@@ -184,7 +184,7 @@ def trace_command(command: list[str], options: TraceOptions, objects: list[str],
                     session.add_object(path)
                 if libs and is_elf:
                     # Indexed now, so that attaching when the command maps them is quick.
-                    for path in linked_libraries(executable):
+                    for path in filter(session.wants_library, linked_libraries(executable)):
                         session.add_object(path, required=False)
                 session.start()
                 session.announce()  # the command's links are made at its exec, before it runs
