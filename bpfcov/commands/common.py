@@ -195,4 +195,6 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
 
 
 def validate_formats(args) -> None:
-    parse_formats(args.format)
+    formats = parse_formats(args.format)
+    if "coveragepy" in formats and getattr(args, "lines", True) is False:
+        raise BpfcovError("--format coveragepy needs line data (coverage.py counts lines): add --lines")

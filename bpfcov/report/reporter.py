@@ -28,8 +28,10 @@ class Reporter:
     file_name: ClassVar[str]     # under the output folder
     help: ClassVar[str]          # one line, for --help
     folder: ClassVar[bool] = False  # writes a folder of files (given its path) instead of one stream
+    writes_path: ClassVar[bool] = False  # writes its one file itself, given a path (a database)
     default: ClassVar[bool] = False  # written when no --format is given
 
     def write(self, report: Report, out: TextIO | str, context: WriteContext) -> None:
-        """Write `report` to the stream `out` (or, for a folder format, into the folder `out`)."""
+        """Write `report` to the stream `out` (or, for a folder format, into the folder `out`;
+        for one that writes a path, to the file `out`, which does not exist yet)."""
         raise NotImplementedError

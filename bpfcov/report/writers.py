@@ -35,6 +35,24 @@ def _write_file(path: str, render) -> None:
         raise
 
 
+def _write_path(path: str, render) -> None:
+    """For a writer that makes its file itself (SQLite): a fresh name beside `path`,
+    renamed into place once whole."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".bpfcov-", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)  # the writer creates it: a database library will not take an empty file
+    try:
+        render(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _write_folder(path: str, render) -> None:
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".bpfcov-html-")
     try:
@@ -67,6 +85,9 @@ def write_reports(report: Report, out_dir: str, formats: list[str], source_root:
                 _write_folder(path, lambda folder, r=reporter: r.write(report, folder, context))
                 index = os.path.join(path, "index.html")
                 written.append(index if os.path.exists(index) else path)
+            elif reporter.writes_path:
+                _write_path(path, lambda out, r=reporter: r.write(report, out, context))
+                written.append(path)
             else:
                 _write_file(path, lambda out, r=reporter: r.write(report, out, context))
                 written.append(path)
