@@ -102,6 +102,13 @@ def test_coverage_py_reports_the_c_extension_as_gcov_sees_it(bpf, tmp_path):
     assert all(re.fullmatch(r"\s*[{}]\s*;?\s*", text[n - 1]) for n in set(ours) - set(expected)), \
         [text[n - 1] for n in set(ours) - set(expected)]
     assert native["summary"]["percent_covered"] < 100
+    # The other reports and --fail-under count it too.
+    assert "_native.c" in coverage_py(folder, env, "xml", "-o", "-").stdout
+    coverage_py(folder, env, "lcov", "-o", "coverage.lcov")
+    assert f"SF:{NATIVE}" in (folder / "coverage.lcov").read_text()
+    below = subprocess.run([sys.executable, "-m", "coverage", "report", "--include=*_native.c", "--fail-under=99"],
+                           cwd=folder, env=env, capture_output=True, text=True)
+    assert below.returncode == 2, below.stdout + below.stderr
 
     # coverage html renders the C file: its missed lines painted as coverage.py paints them.
     from PIL import Image
