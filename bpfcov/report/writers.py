@@ -19,28 +19,12 @@ from bpfcov.report.reporter import WriteContext
 from bpfcov.report.sources import SourceReader
 
 
-def _write_file(path: str, render) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bpfcov-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            render(out)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _write_path(path: str, render) -> None:
-    """For a writer that makes its file itself (SQLite): a fresh name beside `path`,
-    renamed into place once whole."""
+    """`render(tmp)` writes a file at the fresh name `tmp` beside `path`, which is renamed
+    into place once whole, or removed if anything fails."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".bpfcov-", suffix=".tmp")
     os.close(fd)
-    os.unlink(tmp)  # the writer creates it: a database library will not take an empty file
+    os.unlink(tmp)  # the renderer creates it: a database library will not take an empty file
     try:
         render(tmp)
         os.chmod(tmp, 0o644)
@@ -51,6 +35,14 @@ def _write_path(path: str, render) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_file(path: str, render) -> None:
+    """`render(out)` writes a text stream, put into place as _write_path does."""
+    def to_stream(tmp: str) -> None:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as out:
+            render(out)
+    _write_path(path, to_stream)
 
 
 def _write_folder(path: str, render) -> None:
