@@ -12,10 +12,11 @@ import ctypes
 import mmap
 import os
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from bench.figures import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ROOT / "sample_targets/build/sections"
@@ -112,10 +113,6 @@ def _itlb_misses(binary: Path, n: int) -> str:
     return (result.stderr.strip().splitlines() or ["perf gave no answer"])[-1][:120]
 
 
-def _summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
-
-
 def layout_rows(n: int, runs: int, tmp: Path) -> dict:
     plain = _link(tmp / "layout-plain")
     trained = tmp / "layout-orderfile"
@@ -140,7 +137,7 @@ def layout_rows(n: int, runs: int, tmp: Path) -> dict:
         "text_bytes": {name: _text_bytes(b) for name, b in binaries.items()},
         "pages_spanned": {name: _pages_spanned(b, symbols) for name, b in binaries.items()},
         "itlb_misses": {name: _itlb_misses(b, n) for name, b in binaries.items()},
-        "runs": {name: {key: _summary(values) for key, values in m.items()} for name, m in measured.items()},
+        "runs": {name: {key: summarize(values) for key, values in m.items()} for name, m in measured.items()},
     }
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.layout import layout_rows  # noqa: E402  (needs ROOT on the path)
+from bench.figures import summarize  # noqa: E402  (needs ROOT on the path)
+from bench.layout import layout_rows  # noqa: E402
 from bench.layout import markdown as layout_markdown  # noqa: E402
 
 WORKLOAD = ROOT / "sample_targets/build/sqlite/workload"
@@ -90,10 +91,6 @@ TRACED_MODES = ("hit", "count", "lines")
 # What hit mode's stats say of the time probes keep trapping (tracer.removal_stats).
 REMOVAL_STATS = ("removal_ms_p50", "removal_ms_p99", "hot_removal_ms_p50", "hot_removal_ms_p99",
                  "traps_after_first_hit", "traps_after_first_hit_p50", "traps_after_first_hit_p99")
-
-
-def summarize(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
 
 
 def workload_rows(n: int, modes: list[str], runs: int, tmp: Path) -> dict:
