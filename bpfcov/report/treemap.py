@@ -1,5 +1,6 @@
-"""A squarified treemap (Bruls, Huizing, van Wijk 2000) of machine code: object -> source
-file -> function, area proportional to bytes. Pure geometry, so it is tested without HTML."""
+"""A squarified treemap (Bruls, Huizing, van Wijk 2000) of machine code, area proportional
+to bytes, in three levels: object -> source file -> function, or object -> folder -> file.
+Pure geometry, so it is tested without HTML."""
 
 from __future__ import annotations
 
@@ -59,38 +60,56 @@ def squarify(values: list[float], box: Rect) -> list[Rect]:
 
 
 @dataclass
-class Tile:
-    rect: Rect
-    level: int           # 0 object, 1 file, 2 function
+class Leaf:
+    """What an innermost tile stands for: a function, or (in a big report) a whole file."""
+    size: int
     label: str
     title: str           # tooltip
-    status: str          # for functions: hit / unhit / unmeasured; "" for groups
+    status: str          # a CSS class: hit / unhit / unmeasured, or a file's coverage band
     href: str = ""
     klass: str = ""      # a never-executed function's pruning class (prune/plan.py), if known
 
 
-def layout(groups: list[tuple[str, list[tuple[str, list]]]], width: float, height: float,
+@dataclass
+class Tile:
+    rect: Rect
+    level: int           # 0 outer group, 1 inner group, 2 leaf
+    label: str
+    title: str
+    status: str          # the leaf's; "" for groups
+    href: str = ""
+    klass: str = ""
+
+
+# A tile smaller than this (in px²) is not drawn: no one can see or click it, and at a
+# million functions the drawn ones would otherwise grow the page without bound.
+MIN_AREA = 1.0
+
+
+def layout(groups: list[tuple[str, list[tuple[str, list[Leaf]]]]], width: float, height: float,
            pad: float = 2.0, header: float = 14.0) -> list[Tile]:
-    """Tiles for `groups` = [(object label, [(file label, [FunctionRow…])…])…]."""
+    """Tiles for `groups` = [(outer label, [(inner label, [Leaf…])…])…]: object, then
+    file, then function; or object, then folder, then file."""
     tiles: list[Tile] = []
 
     def inner(r: Rect, with_header: bool) -> Rect:
         top = header if with_header and r.h > header * 2 and r.w > 40 else 0
         return Rect(r.x + pad, r.y + pad + top, max(0.0, r.w - 2 * pad), max(0.0, r.h - 2 * pad - top))
 
-    sized = [(label, files, sum(f.size for _, fs in files for f in fs)) for label, files in groups]
-    objects = sorted([o for o in sized if o[2] > 0], key=lambda o: -o[2])
-    for (label, files, size), orect in zip(objects, squarify([o[2] for o in objects], Rect(0, 0, width, height))):
+    sized = [(label, members, sum(leaf.size for _, leaves in members for leaf in leaves))
+             for label, members in groups]
+    outer = sorted([o for o in sized if o[2] > 0], key=lambda o: -o[2])
+    for (label, members, size), orect in zip(outer, squarify([o[2] for o in outer], Rect(0, 0, width, height))):
         tiles.append(Tile(orect, 0, label, f"{label}: {size:,} bytes", ""))
-        sized_files = [(fl, fs, sum(f.size for f in fs)) for fl, fs in files]
-        by_size = sorted([f for f in sized_files if f[2] > 0], key=lambda f: -f[2])
-        for (flabel, functions, fsize), frect in zip(by_size, squarify([f[2] for f in by_size], inner(orect, True))):
-            tiles.append(Tile(frect, 1, flabel, f"{flabel}: {fsize:,} bytes", ""))
-            fns = sorted([f for f in functions if f.size > 0], key=lambda f: -f.size)
-            for fn, rect in zip(fns, squarify([f.size for f in fns], inner(frect, True))):
-                if rect.w < 0.5 or rect.h < 0.5:
+        sized_members = [(ml, leaves, sum(leaf.size for leaf in leaves)) for ml, leaves in members]
+        by_size = sorted([m for m in sized_members if m[2] > 0], key=lambda m: -m[2])
+        for (mlabel, leaves, msize), mrect in zip(by_size, squarify([m[2] for m in by_size], inner(orect, True))):
+            if mrect.w * mrect.h < MIN_AREA:
+                continue
+            tiles.append(Tile(mrect, 1, mlabel, f"{mlabel}: {msize:,} bytes", ""))
+            drawn = sorted([leaf for leaf in leaves if leaf.size > 0], key=lambda leaf: -leaf.size)
+            for leaf, rect in zip(drawn, squarify([leaf.size for leaf in drawn], inner(mrect, True))):
+                if rect.w < 0.5 or rect.h < 0.5 or rect.w * rect.h < MIN_AREA:
                     continue
-                klass = fn.prune.klass if fn.prune is not None and fn.status == "unhit" else ""
-                title = f"{fn.display_name}: {fn.size:,} bytes, {fn.status}" + (f", {klass}" if klass else "")
-                tiles.append(Tile(rect, 2, fn.display_name, title, fn.status, f"#{fn.anchor}", klass))
+                tiles.append(Tile(rect, 2, leaf.label, leaf.title, leaf.status, leaf.href, leaf.klass))
     return tiles

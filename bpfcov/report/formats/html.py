@@ -1,26 +1,48 @@
-"""The HTML dead-code report: OUT/html/index.html plus a page per source file.
+"""The HTML dead-code report: OUT/html/index.html, a page per source file, and
+functions.js, every function's row in compact form.
+
+Its size must not grow with the function count, since a big server has a million
+functions: the index shows the first ROWS_SHOWN rows of each function table and loads
+functions.js (a script, which file:// allows where fetch() is refused) only when someone
+filters, sorts or follows a link to a row not shown. The treemap stops at files when
+functions are too many to draw; each file's page lists its functions. Source pages mark
+lines with one short element each, so a long file's page stays near its source's size.
 
 Shaping (`pages`) builds plain data from the Report; the jinja2 templates in templates/
-only lay it out. Autoescape is on everywhere: names and paths come from the binary and
-are untrusted. Source text is read only through SourceReader (under --source-root).
+lay out the index, and `source_markup` the source lines (too many for a template loop
+at scale). Every name, path and source line comes from the binary and is untrusted:
+autoescape is on in the templates, and `source_markup` escapes each piece itself. Source
+text is read only through SourceReader (under --source-root).
 """
 
 from __future__ import annotations
 
 import datetime
+import html
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
+
+from markupsafe import Markup
 
 from bpfcov.report.model import FunctionRow, Report, SourceFile
 from bpfcov.report.reporter import Reporter, WriteContext
 from bpfcov.report.sources import SourceReader
-from bpfcov.report.treemap import layout
+from bpfcov.report.treemap import Leaf, layout
 
 TREEMAP_WIDTH = 1200
 TREEMAP_HEIGHT = 520
 # Cuts listed in the pruning plan: the largest; coverage.json classes every function.
 MAX_CUTS_SHOWN = 500
+# A cut's cluster names this many of its functions; the rest are counted.
+MAX_CLUSTER_SHOWN = 20
+# Rows of each function table written into the index; functions.js holds them all.
+ROWS_SHOWN = 200
+# Above this many functions with code, the treemap draws object -> folder -> file.
+MAX_FUNCTION_TILES = 3000
+DATA_FILE = "functions.js"
+ASSETS = ("report.css", "report.js")
 
 
 @dataclass
@@ -56,6 +78,7 @@ class CutView:
     referenced_by: list[str]
     more_referrers: int             # referrers not named
     root_reason: str | None         # why it is a static root itself (an export)
+    more_cluster: int = 0           # cluster members not named
 
 
 @dataclass
@@ -66,19 +89,10 @@ class ClassTotal:
 
 
 @dataclass
-class SourceLine:
-    number: int
-    text: str
-    status: str           # "hit" | "unhit" | "" (not measured)
-    count: int | None
-    functions: list[FunctionRow] = field(default_factory=list)
-
-
-@dataclass
 class FilePage:
     filename: str         # page file name under html/
     source: SourceFile
-    lines: list[SourceLine] | None   # None when the source may not or cannot be read
+    lines: Markup | None  # the marked-up source; None when it may not or cannot be read
     why_no_source: str
 
 
@@ -86,36 +100,169 @@ def _page_name(i: int) -> str:
     return f"file{i:04d}.html"
 
 
-def pages(report: Report, sources: SourceReader):
-    """(index context, [FilePage]) for `report`."""
-    page_of: dict[str, str] = {}
-    file_pages: list[FilePage] = []
-    for i, source in enumerate(report.files):
-        page = _page_name(i)
-        page_of[source.path] = page
-        text = sources.lines(source.original_path)
-        if text is None and source.path != source.original_path:
-            text = sources.lines(source.path)  # a --path-map may point at a local checkout
-        if text is None:
-            text = sources.fetched_lines(source.original_path, source.build_ids)
-        why = "" if text is not None else sources.why_unreadable(source.original_path)
-        lines = None
-        if text is not None:
-            starts: dict[int, list[FunctionRow]] = {}
-            for f in source.functions:
-                starts.setdefault(f.line or 0, []).append(f)
-            lines = []
-            for n, t in enumerate(text, start=1):
-                count = source.lines.get(n)
-                status = "" if count is None else ("hit" if count > 0 else "unhit")
-                lines.append(SourceLine(n, t, status, count, starts.get(n, [])))
-        file_pages.append(FilePage(page, source, lines, why))
+def _read_source(source: SourceFile, sources: SourceReader) -> list[str] | None:
+    text = sources.lines(source.original_path)
+    if text is None and source.path != source.original_path:
+        text = sources.lines(source.path)  # a --path-map may point at a local checkout
+    if text is None:
+        text = sources.fetched_lines(source.original_path, source.build_ids)
+    return text
 
-    unhit = sorted((f for o in report.objects for f in o.functions if f.status == "unhit"),
-                   key=lambda f: (-f.size, f.display_name))
-    unmeasured = [f for o in report.objects for f in o.functions if f.status == "unmeasured"]
-    hit = sorted((f for o in report.objects for f in o.functions if f.status == "hit"),
-                 key=lambda f: (-f.count, f.display_name))
+
+_RUN_CLASS = {True: "h", False: "u"}  # measured lines that ran / never ran
+
+
+def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Markup:
+    """The source as three aligned columns: line numbers, counts (with `counts_shown`),
+    and the code, in which each run of lines of one status (ran, never ran, not measured)
+    is one element, and a badge marks where each function begins. A line costs a few
+    bytes beyond its text, not an element of its own."""
+    starts: dict[int, list[FunctionRow]] = {}
+    for f in source.functions:
+        starts.setdefault(f.line or 0, []).append(f)
+    escape = html.escape
+    code: list[str] = []
+    counts: list[str] = []
+    run_status: str | None = None
+    for n, line in enumerate(text, start=1):
+        count = source.lines.get(n)
+        status = "" if count is None else _RUN_CLASS[count > 0]
+        if status != run_status:
+            if run_status:
+                code.append("</span>")
+            if status:
+                code.append(f'<span class="{status}">')
+            run_status = status
+        code.append(escape(line, quote=False))
+        for f in starts.get(n, ()):
+            code.append(f'<b class="{f.status}" id="{f.anchor}"></b>')
+        code.append("\n")
+        if counts_shown:
+            counts.append("" if count is None else f"{count:,}")
+    if run_status:
+        code.append("</span>")
+    numbers = "\n".join(map(str, range(1, len(text) + 1)))
+    gutter = f'<pre class="ln">{numbers}</pre>'
+    if counts_shown:
+        gutter += '<pre class="cnt">' + "\n".join(counts) + "</pre>"
+    return Markup(f'<div class="src">{gutter}<pre class="code">{"".join(code)}</pre></div>')
+
+
+def _unhit_note(f: FunctionRow) -> str:
+    if not f.inlined_instances:
+        return ""
+    places = f"{f.inlined_instances:,} place{'s' if f.inlined_instances != 1 else ''}"
+    return f"(inlined in {places}, none ran" + ("; no out-of-line copy)" if f.probe == "inlined" else ")")
+
+
+def _hit_note(f: FunctionRow) -> str:
+    notes = []
+    if f.probe == "moved":
+        notes.append("(probe moved)")
+    if f.inlined_count:
+        places = f"{f.inlined_instances:,} place{'s' if f.inlined_instances != 1 else ''}"
+        notes.append(f"(ran inlined in {places})")
+    return " ".join(notes)
+
+
+@dataclass
+class TableRow:
+    """One function's row in the index's function tables, as the template and
+    functions.js both give it."""
+    f: FunctionRow
+    note: str
+    href: str      # its source line on its file's page, or ""
+
+
+def _row(f: FunctionRow, note: str, page_of: dict[str, str]) -> TableRow:
+    page = page_of.get(f.file or "")
+    return TableRow(f, note, f"{page}#{f.anchor}" if page else "")
+
+
+def data_script(report: Report, unhit: list[TableRow], hit: list[TableRow], page_of: dict[str, str]) -> str:
+    """functions.js: every row of the index's function tables, compact (one array per row;
+    objects, files and pruning classes as numbers into lists), so the page can filter,
+    sort and find any of them. JSON inside a script: its strings are escaped so that no
+    name can end the script or be read as markup."""
+    objects = [o.path for o in report.objects]
+    object_of = {p: i for i, p in enumerate(objects)}
+    files = [s.path for s in report.files]
+    file_of = {p: i for i, p in enumerate(files)}
+    classes = ["", "unreachable", "dead-only", "cold"]
+
+    def row(r: TableRow, hit_table: bool) -> list:
+        f = r.f
+        klass, retained = (classes.index(f.prune.klass), f.prune.retained_bytes) if f.prune is not None else (0, 0)
+        file = file_of.get(f.file or "", -1)
+        return [f.anchor, f.display_name, f.name if f.name != f.display_name else "", f.size,
+                f.count if hit_table else 0, r.note, file, f.line or 0, object_of[f.object_path], klass, retained]
+
+    data = {"objects": objects, "files": files, "pages": [page_of[p] for p in files], "classes": classes,
+            "columns": ["anchor", "display", "mangled", "size", "count", "note", "file", "line", "object", "class",
+                        "retained"],
+            "unhit": [row(r, False) for r in unhit], "hit": [row(r, True) for r in hit]}
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+    # ensure_ascii leaves < > & as they are; as \\u escapes they mean the same to JSON and
+    # nothing to the HTML parser.
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return f"bpfcovFunctions({text});\n"
+
+
+def _coverage_band(hit_bytes: int, size: int) -> str:
+    """A file tile's colour class: q0 (nothing ran) .. q4 (all its code ran)."""
+    share = hit_bytes / size if size else 0.0
+    return f"q{min(4, int(share * 4 + 0.5))}"
+
+
+def treemap_groups(report: Report, page_of: dict[str, str]) -> list[tuple[str, list[tuple[str, list[Leaf]]]]]:
+    """object -> file -> function while functions are few enough to draw; beyond that,
+    object -> folder -> file, each file tile leading to its page."""
+    with_code = sum(1 for o in report.objects for f in o.functions if f.own_bytes)
+    groups = []
+    for o in report.objects:
+        by_file: dict[str, list[FunctionRow]] = {}
+        for f in o.functions:
+            if f.own_bytes:  # the treemap's area is machine code, each byte once
+                by_file.setdefault(f.file or "(no source)", []).append(f)
+        if with_code <= MAX_FUNCTION_TILES:
+            members = [(path, [_function_leaf(f) for f in functions]) for path, functions in sorted(by_file.items())]
+        else:
+            by_folder: dict[str, list[Leaf]] = {}
+            for path, functions in sorted(by_file.items()):
+                size = sum(f.own_bytes for f in functions)
+                ran = sum(f.own_bytes for f in functions if f.status == "hit")
+                title = f"{path}: {size:,} bytes, {100.0 * ran / size:.0f}% of them executed"
+                page = page_of.get(path)
+                by_folder.setdefault(os.path.dirname(path) or ".", []).append(
+                    Leaf(size, os.path.basename(path), title, _coverage_band(ran, size), page or ""))
+            members = sorted(by_folder.items())
+        groups.append((os.path.basename(o.path), members))
+    return groups
+
+
+def _function_leaf(f: FunctionRow) -> Leaf:
+    klass = f.prune.klass if f.prune is not None and f.status == "unhit" else ""
+    title = f"{f.display_name}: {f.size:,} bytes, {f.status}" + (f", {klass}" if klass else "")
+    return Leaf(f.size, f.display_name, title, f.status, f"#{f.anchor}", klass)
+
+
+def pages(report: Report, sources: SourceReader):
+    """(index context, [FilePage], functions.js text) for `report`."""
+    page_of = {source.path: _page_name(i) for i, source in enumerate(report.files)}
+    counts_shown = report.mode != "hit"
+    file_pages: list[FilePage] = []
+    for source in report.files:
+        text = _read_source(source, sources)
+        why = "" if text is not None else sources.why_unreadable(source.original_path)
+        lines = source_markup(text, source, counts_shown) if text is not None else None
+        file_pages.append(FilePage(page_of[source.path], source, lines, why))
+
+    every = [f for o in report.objects for f in o.functions]
+    unhit = [_row(f, _unhit_note(f), page_of)
+             for f in sorted((f for f in every if f.status == "unhit"), key=lambda f: (-f.size, f.display_name))]
+    hit = [_row(f, _hit_note(f), page_of)
+           for f in sorted((f for f in every if f.status == "hit"), key=lambda f: (-f.count, f.display_name))]
+    unmeasured = [f for f in every if f.status == "unmeasured"]
     files = [FileSummary(s.path, page_of[s.path], len(s.functions), s.functions_hit, s.dead_bytes,
                          len(s.lines), sum(1 for c in s.lines.values() if c > 0)) for s in report.files]
     # A no-code function has nothing to run: it is neither executed nor not.
@@ -125,25 +272,20 @@ def pages(report: Report, sources: SourceReader):
                              o.warnings) for o in report.objects]
 
     cuts, class_totals = pruning_plan(report)
-    groups = []
-    for o in report.objects:
-        by_file: dict[str, list[FunctionRow]] = {}
-        for f in o.functions:
-            if f.own_bytes:  # the treemap's area is machine code, each byte once
-                by_file.setdefault(f.file or "(no source)", []).append(f)
-        groups.append((os.path.basename(o.path), sorted(by_file.items())))
-    tiles = layout(groups, TREEMAP_WIDTH, TREEMAP_HEIGHT)
+    tiles = layout(treemap_groups(report, page_of), TREEMAP_WIDTH, TREEMAP_HEIGHT)
     started = datetime.datetime.fromtimestamp(report.started).astimezone() if report.started else None
     index = {
-        "report": report, "totals": report.totals, "unhit": unhit, "unmeasured": unmeasured, "hit": hit,
-        "files": files, "objects": objects, "tiles": tiles, "page_of": page_of,
+        "report": report, "totals": report.totals, "unmeasured": unmeasured,
+        "unhit": unhit[:ROWS_SHOWN], "unhit_total": len(unhit), "hit": hit[:ROWS_SHOWN], "hit_total": len(hit),
+        "data_file": DATA_FILE, "files": files, "objects": objects, "tiles": tiles,
+        "files_level": any(t.level == 2 and t.status.startswith("q") for t in tiles),
         "cuts": cuts[:MAX_CUTS_SHOWN], "cuts_not_shown": max(0, len(cuts) - MAX_CUTS_SHOWN),
         "class_totals": class_totals, "planned": any(o.plan is not None for o in report.objects),
         "treemap_width": TREEMAP_WIDTH, "treemap_height": TREEMAP_HEIGHT,
         "started": started.strftime("%Y-%m-%d %H:%M:%S %Z") if started else "",
         "duration": f"{report.duration:.2f} s" if report.duration is not None else "",
     }
-    return index, file_pages
+    return index, file_pages, data_script(report, unhit, hit, page_of)
 
 
 def pruning_plan(report: Report) -> tuple[list[CutView], list[ClassTotal]]:
@@ -165,8 +307,9 @@ def pruning_plan(report: Report) -> tuple[list[CutView], list[ClassTotal]]:
             if root is None:
                 continue
             cluster = [row_of[m] for m in cut.cluster[1:] if m in row_of]
-            cuts.append(CutView(root, cut.klass, cut.retained_bytes, cluster, cut.referenced_by,
-                                cut.referrers - len(cut.referenced_by), cut.root))
+            cuts.append(CutView(root, cut.klass, cut.retained_bytes, cluster[:MAX_CLUSTER_SHOWN], cut.referenced_by,
+                                cut.referrers - len(cut.referenced_by), cut.root,
+                                max(0, len(cluster) - MAX_CLUSTER_SHOWN)))
     cuts.sort(key=lambda c: (-c.retained_bytes, c.root.display_name))
     return cuts, list(totals.values())
 
@@ -184,10 +327,15 @@ def environment():
 def write(report: Report, out_dir: str, sources: SourceReader) -> str:
     """Write the report's pages into `out_dir`; return the index path."""
     env = environment()
-    index, file_pages = pages(report, sources)
+    index, file_pages, data = pages(report, sources)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "index.html"), "w", encoding="utf-8") as f:
         f.write(env.get_template("index.html").render(**index))
+    with open(os.path.join(out_dir, DATA_FILE), "w", encoding="utf-8") as f:
+        f.write(data)
+    for asset in ASSETS:  # shared by every page, rather than repeated in each
+        with open(os.path.join(out_dir, asset), "w", encoding="utf-8") as f:
+            f.write(resources.files("bpfcov.templates").joinpath(asset).read_text(encoding="utf-8"))
     template = env.get_template("file.html")
     for page in file_pages:
         with open(os.path.join(out_dir, page.filename), "w", encoding="utf-8") as f:
