@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,14 @@ from bpfcov.probes.model import (
 FORMAT = "bpfcov"
 # 2: inlined instances (a function's inlined_* fields, and the runs of its instances).
 # 3: each function's first hit (ns into the run), for the orderfile.
-# Files of an older schema are read with those left empty.
-SCHEMA = 3
+# 4: an object's line table as one row of zlib-compressed little-endian arrays
+#    (line_arrays), not a row per line: a big binary has millions of lines, which took
+#    seconds to read and write.
+# Files of an older schema are read with the newer fields left empty.
+SCHEMA = 4
+# line_arrays' columns and the numpy type each array is stored in.
+LINE_ARRAYS = (("address", "<u8"), ("offset", "<u8"), ("file", "<i4"), ("line", "<i4"), ("function", "<i4"),
+               ("count", "<i8"))
 
 _DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,9 +54,7 @@ CREATE TABLE functions (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, {FUNCT
                         first_hit_ns INTEGER NOT NULL, PRIMARY KEY (object_id, idx));
 CREATE TABLE line_files (object_id INTEGER NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL,
                          PRIMARY KEY (object_id, idx));
-CREATE TABLE lines (object_id INTEGER NOT NULL, address INTEGER NOT NULL, offset INTEGER NOT NULL,
-                    file INTEGER NOT NULL, line INTEGER NOT NULL, function INTEGER NOT NULL,
-                    count INTEGER NOT NULL);
+CREATE TABLE line_arrays (object_id INTEGER PRIMARY KEY, {", ".join(f"{c} BLOB NOT NULL" for c, _ in LINE_ARRAYS)});
 """
 
 
@@ -105,9 +110,11 @@ def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
             db.executemany("INSERT INTO line_files VALUES (?, ?, ?)",
                            ((object_id, i, p) for i, p in enumerate(t.files)))
             counts = obj.line_counts if obj.line_counts is not None else np.zeros(len(t), dtype=np.int64)
-            db.executemany("INSERT INTO lines VALUES (?,?,?,?,?,?,?)",
-                           zip([object_id] * len(t), t.address.tolist(), t.offset.tolist(), t.file.tolist(),
-                               t.line.tolist(), t.function.tolist(), counts.tolist()))
+            columns = {"address": t.address, "offset": t.offset, "file": t.file, "line": t.line,
+                       "function": t.function, "count": counts}
+            db.execute(f"INSERT INTO line_arrays VALUES ({', '.join('?' * (len(LINE_ARRAYS) + 1))})",
+                       (object_id, *(zlib.compress(np.ascontiguousarray(columns[c], dtype=dtype).tobytes(), 1)
+                                     for c, dtype in LINE_ARRAYS)))
 
 
 def read(path: str) -> RunCoverage:
@@ -159,14 +166,33 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
         if run.lines:
             files = [p for (p,) in db.execute(
                 "SELECT path FROM line_files WHERE object_id = ? ORDER BY idx", (object_id,))]
-            rows = db.execute("SELECT address, offset, file, line, function, count FROM lines "
-                              "WHERE object_id = ? ORDER BY address", (object_id,)).fetchall()
-            cols: list[Any] = list(zip(*rows)) if rows else [[]] * 6
-            lines = LineTable(files, np.array(cols[0], dtype=np.uint64), np.array(cols[1], dtype=np.uint64),
-                              np.array(cols[2], dtype=np.int32), np.array(cols[3], dtype=np.int32),
-                              np.array(cols[4], dtype=np.int32))
-            line_counts = np.array(cols[5], dtype=np.int64)
+            cols = _line_columns(db, object_id, int(meta["schema"]))
+            lines = LineTable(files, *(cols[c] for c, _ in LINE_ARRAYS[:-1]))
+            line_counts = cols["count"]
         index = ObjectIndex(path, build_id, functions, lines, json.loads(warnings), debug_file)
         run.objects.append(ObjectCoverage(index, np.array(counts, dtype=np.int64), line_counts,
                                           np.array(inlined, dtype=np.int64), np.array(first_hits, dtype=np.int64)))
     return run
+
+
+def _line_columns(db: sqlite3.Connection, object_id: int, schema: int) -> dict[str, np.ndarray]:
+    """An object's line table, column by column, in the types LineTable holds."""
+    types = {"address": np.uint64, "offset": np.uint64, "file": np.int32, "line": np.int32,
+             "function": np.int32, "count": np.int64}
+    if schema < 4:  # a row per line
+        rows = db.execute("SELECT address, offset, file, line, function, count FROM lines "
+                          "WHERE object_id = ? ORDER BY address", (object_id,)).fetchall()
+        cols: list[Any] = list(zip(*rows)) if rows else [[]] * len(LINE_ARRAYS)
+        return {c: np.array(values, dtype=types[c]) for (c, _), values in zip(LINE_ARRAYS, cols)}
+    row = db.execute(f"SELECT {', '.join(c for c, _ in LINE_ARRAYS)} FROM line_arrays WHERE object_id = ?",
+                     (object_id,)).fetchone()
+    if row is None:
+        raise ValueError(f"object {object_id} has no line table")
+    try:
+        arrays = {c: np.frombuffer(zlib.decompress(blob), dtype=dtype).astype(types[c])
+                  for (c, dtype), blob in zip(LINE_ARRAYS, row)}
+    except zlib.error as e:
+        raise ValueError(f"object {object_id}: its line table is damaged ({e})") from None
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise ValueError(f"object {object_id}: its line columns differ in length")
+    return arrays
