@@ -394,7 +394,8 @@ class GraphUnavailable(Exception):
 
 def graph_of(index: ObjectIndex) -> ReferenceGraph:
     """The reference graph of the object `index` was built from, read from its path, which
-    must still hold the same build; kept for the next report of the same file."""
+    must still hold the same build; kept for the next report of the same file, in memory
+    and on disk (graph_cache.py)."""
     try:
         st = os.stat(index.path)
     except OSError as e:
@@ -411,11 +412,17 @@ def graph_of(index: ObjectIndex) -> ReferenceGraph:
                                    f"{build_id or 'none'}, traced {index.build_id or 'none'})")
         if len(_GRAPHS) >= _GRAPHS_KEPT:
             _GRAPHS.pop(next(iter(_GRAPHS)))
-        try:
-            _GRAPHS[key] = reference_graph(index.path, index)
-        except Exception as e:  # untrusted input: whatever a malformed file makes the readers raise
-            raise GraphUnavailable(f"{index.path}: its references cannot be read ({type(e).__name__}: "
-                                   f"{str(e)[:200]})") from e
+        from bpfcov.prune import graph_cache  # it imports this module
+        disk_key = graph_cache.key_for(index)
+        graph = graph_cache.load(disk_key, index.path)
+        if graph is None:
+            try:
+                graph = reference_graph(index.path, index)
+            except Exception as e:  # untrusted input: whatever a malformed file makes the readers raise
+                raise GraphUnavailable(f"{index.path}: its references cannot be read ({type(e).__name__}: "
+                                       f"{str(e)[:200]})") from e
+            graph_cache.store(disk_key, graph)
+        _GRAPHS[key] = graph
     return _GRAPHS[key]
 
 

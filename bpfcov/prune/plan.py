@@ -80,13 +80,15 @@ def prune_plan(graph: ReferenceGraph, statuses: Sequence[str], names: Sequence[s
     reached = graph.reachable_from(live_starts)
     # Live: what the roots and the functions that ran reach without passing through a
     # never-executed function.
-    live = np.zeros(n_nodes, dtype=bool)
-    stack = [n for n in live_starts if not never[n]]
-    live[stack] = True
+    never_ = never.tolist()  # lists in the loops: a numpy element costs ten times a list's
+    live_ = [False] * n_nodes
+    stack = [n for n in live_starts if not never_[n]]
+    for n in stack:
+        live_[n] = True
     while stack:
         for t in graph.refs[stack.pop()]:
-            if not live[t] and not never[t]:
-                live[t] = True
+            if not live_[t] and not never_[t]:
+                live_[t] = True
                 stack.append(t)
     referrers = graph.referrers()
     weight = np.array([node.size if node.kind != "unbounded" else 0 for node in graph.nodes] + [0], dtype=np.int64)
@@ -99,38 +101,42 @@ def prune_plan(graph: ReferenceGraph, statuses: Sequence[str], names: Sequence[s
     unreached_tree = dominator_tree(_with_start(graph, _sources(graph, unreached, referrers), unreached), n_nodes)
     retained_unreached = unreached_tree.subtree_sums(weight)
 
+    unreached_ = unreached.tolist()
+    retained_, retained_unreached_ = retained.tolist(), retained_unreached.tolist()
     prune: dict[int, Prune] = {}
     function_of = {node: fi for fi, node in graph.node_of_function.items()}
     for fi, node in graph.node_of_function.items():
-        if not never[node]:
+        if not never_[node]:
             continue
-        if unreached[node]:
-            prune[fi] = Prune(UNREACHABLE, int(retained_unreached[node]))
-        elif node in graph.roots or any(live[r] for r in referrers[node]):
-            prune[fi] = Prune(COLD, int(retained[node]))
+        if unreached_[node]:
+            prune[fi] = Prune(UNREACHABLE, retained_unreached_[node])
+        elif node in graph.roots or any(live_[r] for r in referrers[node]):
+            prune[fi] = Prune(COLD, retained_[node])
         else:
-            prune[fi] = Prune(DEAD_ONLY, int(retained[node]))
+            prune[fi] = Prune(DEAD_ONLY, retained_[node])
 
     cuts: list[Cut] = []
-    for dom_tree, bytes_of in ((tree, retained), (unreached_tree, retained_unreached)):
+    for dom_tree, bytes_of in ((tree, retained_), (unreached_tree, retained_unreached_)):
         # The nearest never-executed function dominating each node (itself included).
-        owner = np.full(n_nodes + 1, -1, dtype=np.int64)
+        owner = [-1] * (n_nodes + 1)
+        idom = dom_tree.idom.tolist()
         clusters: dict[int, list[int]] = {}
         for node in dom_tree.order[1:]:
-            parent = owner[dom_tree.idom[node]]
-            if never[node] and parent < 0:
+            parent = owner[idom[node]]
+            if never_[node] and parent < 0:
                 owner[node] = node
                 clusters[node] = [node]
             else:
                 owner[node] = parent
-                if never[node]:
-                    clusters[int(parent)].append(node)
+                if never_[node]:
+                    clusters[parent].append(node)
         for root, members in clusters.items():
             fi = function_of[root]
-            members.sort(key=lambda m: (m != root, -graph.nodes[m].size))
-            refs = sorted(referrers[root], key=lambda r: (not live[r], graph.nodes[r].name))
+            if len(members) > 1:
+                members.sort(key=lambda m: (m != root, -graph.nodes[m].size))
+            refs = sorted(referrers[root], key=lambda r: (not live_[r], graph.nodes[r].name))
             shown = [names[function_of[r]] if r in function_of else graph.nodes[r].name for r in refs[:MAX_REFERRERS]]
-            cuts.append(Cut(fi, prune[fi].klass, int(bytes_of[root]), [function_of[m] for m in members],
+            cuts.append(Cut(fi, prune[fi].klass, bytes_of[root], [function_of[m] for m in members],
                             shown, len(refs), graph.roots.get(root)))
     cuts.sort(key=lambda c: (-c.retained_bytes, names[c.function]))
     return PrunePlan(prune, cuts)
