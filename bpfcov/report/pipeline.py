@@ -16,6 +16,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bpfcov.data.model import RunCoverage
 from bpfcov.probes.model import name_filter
 from bpfcov.prune.model import UNREACHABLE, PrunePlan
@@ -63,6 +65,24 @@ def _plan(index, statuses: Sequence[str]) -> tuple[PrunePlan | None, str | None]
     return prune_plan(graph, statuses, [f.display_name for f in index.functions]), None
 
 
+def _line_counts(table, counts, options: ReportOptions) -> dict[tuple[str | None, int], int]:
+    """(file as reported, line) -> count, for an object's line table: a line with several
+    addresses ran as often as its busiest address. In numpy: a big object has millions."""
+    if not len(table):
+        return {}
+    paths = [rewrite_path(p, options) for p in table.files]
+    # Files that --path-map makes one are one file.
+    unique_paths = sorted(set(paths), key=lambda p: (p is None, p or ""))
+    position = {p: i for i, p in enumerate(unique_paths)}
+    path_id = np.array([position[p] for p in paths], dtype=np.int64)
+    keys = path_id[table.file.astype(np.int64)] << 32 | table.line.astype(np.int64)
+    distinct, where = np.unique(keys, return_inverse=True)
+    busiest = np.zeros(len(distinct), dtype=np.int64)
+    np.maximum.at(busiest, where, counts.astype(np.int64))
+    return dict(zip(zip([unique_paths[i] for i in (distinct >> 32).tolist()], (distinct & 0xFFFFFFFF).tolist()),
+                    busiest.tolist()))
+
+
 def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Report:
     options = options or ReportOptions()
     wanted_names = name_filter(options.include, options.exclude)
@@ -78,12 +98,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
         rows: list[FunctionRow] = []
         line_rows: dict[tuple[str | None, int], int] = {}
         if run.lines and index.lines is not None and obj.line_counts is not None:
-            t = index.lines
-            for fidx, line, count in zip(t.file.tolist(), t.line.tolist(), obj.line_counts.tolist()):
-                path = rewrite_path(t.files[fidx], options)
-                key = (path, line)
-                # A line with several addresses ran as often as its busiest address.
-                line_rows[key] = max(line_rows.get(key, 0), count)
+            line_rows = _line_counts(index.lines, obj.line_counts, options)
         executed, inlined, first_hits = obj.executed_counts(), obj.inlined(), obj.first_hit_ns()  # data/model.py
         statuses = [obj.function_status(fi) for fi in range(len(index.functions))]
         plan, why_no_plan = _plan(index, statuses) if options.prune else (None, None)
