@@ -30,15 +30,19 @@ def bpf_unavailable_reason() -> str | None:
     return None
 
 
-@pytest.fixture
-def bpf():
-    """Tests that trace take this fixture: they fail in CI (BPFCOV_REQUIRE_BPF=1) and skip
-    elsewhere when BPF cannot be used."""
+def require_bpf() -> None:
+    """Fail in CI (BPFCOV_REQUIRE_BPF=1), and skip elsewhere, when BPF cannot be used."""
     reason = bpf_unavailable_reason()
     if reason:
         if os.environ.get("BPFCOV_REQUIRE_BPF") == "1":
             pytest.fail(f"BPF is required here but unavailable: {reason}")
         pytest.skip(f"BPF unavailable: {reason}")
+
+
+@pytest.fixture
+def bpf():
+    """Tests that trace take this fixture (module-scoped fixtures call require_bpf)."""
+    require_bpf()
 
 
 # Every way bpfcov can attach probes: engine tests run once for each (this kernel has both;

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, bpfcov, coverage_json, target
+from conftest import ROOT, bpfcov, coverage_json, require_bpf, target
 
 from bpfcov.data import store
 from bpfcov.data.model import ObjectCoverage, RunCoverage
@@ -31,12 +31,7 @@ READER_CASES = [("shapes", ["fact", "3"]), ("inventory", ["list"]), ("forker", [
 @pytest.fixture(scope="module")
 def traced_outputs(tmp_path_factory):
     """One count-mode run of each sample target, all formats (needs BPF)."""
-    from conftest import bpf_unavailable_reason
-    reason = bpf_unavailable_reason()
-    if reason:
-        if os.environ.get("BPFCOV_REQUIRE_BPF") == "1":
-            pytest.fail(f"BPF is required here but unavailable: {reason}")
-        pytest.skip(f"BPF unavailable: {reason}")
+    require_bpf()
     outputs = {}
     for name, args in READER_CASES:
         out = tmp_path_factory.mktemp(name)
