@@ -168,3 +168,12 @@ def test_a_cached_reference_graph_is_the_graph_and_a_damaged_entry_is_rebuilt(tm
         f.write(b"\xff" * 64)
     assert graph_cache.load(key, path) is None
     assert not os.path.exists(entry)  # deleted, to be rebuilt
+
+
+def test_coverage_json_written_record_by_record_is_as_dict(big_report):
+    from bpfcov.report.formats.json import as_dict
+    from bpfcov.report.pipeline import build_report
+    _, out = big_report
+    written = json.loads((out / "coverage.json").read_text())
+    assert written == as_dict(build_report(store.read(str(out / "bpfcov.db"))))
+    assert len(written["objects"][0]["lines"]) >= 300_000

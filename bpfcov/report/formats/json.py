@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from bpfcov.report.model import Report
@@ -56,10 +57,28 @@ def totals_json(t) -> dict:
 
 
 def write(report: Report, out) -> None:
-    # Compact: json's C encoder serves only calls without indent, and is ten times faster
-    # on large objects; `python -m json.tool` pretty-prints it for people.
-    out.write(json.dumps(as_dict(report), separators=(",", ":")))
-    out.write("\n")
+    """as_dict(report), compact (`python -m json.tool` pretty-prints it for people), and
+    with each object's lines written record by record: a big object has millions, and a
+    dict each took most of the time."""
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    # "objects" and "totals" are as_dict's last keys, and "lines" an object's last: each
+    # record is written open, and its last member appended, in as_dict's order.
+    skeleton = as_dict(_without_lines(report))
+    objects = skeleton.pop("objects")
+    totals = skeleton.pop("totals")
+    out.write(dumps(skeleton)[:-1] + ',"objects":[')
+    for i, (o, record) in enumerate(zip(report.objects, objects)):
+        record.pop("lines")
+        out.write(("," if i else "") + dumps(record)[:-1] + ',"lines":[')
+        file_json: dict[str, str] = {}
+        out.write(",".join(f'{{"file":{file_json.get(p) or file_json.setdefault(p, dumps(p))},"line":{n},"count":{c}}}'
+                           for p, n, c in o.lines))
+        out.write("]}")
+    out.write('],"totals":' + dumps(totals) + "}\n")
+
+
+def _without_lines(report: Report) -> Report:
+    return dataclasses.replace(report, objects=[dataclasses.replace(o, lines=[]) for o in report.objects])
 
 
 class JsonReporter(Reporter):
