@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import summarize  # noqa: E402  (needs ROOT on the path)
+from bench.big_report import big_rows  # noqa: E402
+from bench.big_report import markdown as big_markdown  # noqa: E402
 from bench.layout import layout_rows  # noqa: E402
 from bench.layout import markdown as layout_markdown  # noqa: E402
 
@@ -636,6 +638,8 @@ def markdown(results: dict) -> str:
     rep = results["report"]
     lines += ["", "## Reports", "", f"lcov + HTML + JSON from the sqlite data file with --lines "
               f"({rep['data_file_mib']:.1f} MiB): {fmt(rep['seconds'])} s (including Python start-up)."]
+    if "big" in results:
+        lines += big_markdown(results["big"])
     lines += [*layout_markdown(results["layout"]), ""]
     acc = results["accuracy"]
     lines += ["## Accuracy", "", f"Functions of the sqlite workload (N={results['accuracy_n']:,}) that executed, "
@@ -654,7 +658,7 @@ def markdown(results: dict) -> str:
 
 
 SECTIONS = ("workload", "per_hit", "attach", "removal", "outside", "pytest", "runner", "index", "blocks",
-            "debuginfod", "report", "layout", "accuracy")
+            "debuginfod", "report", "big", "layout", "accuracy")
 
 
 def main() -> None:
@@ -703,6 +707,7 @@ def main() -> None:
             ("blocks", "probes per basic block", lambda: block_rows(tmp, args.quick)),
             ("debuginfod", "debug info from a local debuginfod", lambda: debuginfod_row(runs, tmp)),
             ("report", "reports", lambda: report_row(tmp)),
+            ("big", "reports for big programs", lambda: big_rows(args.quick, 1 if args.quick else 3, tmp)),
             ("layout", "code layout from an orderfile",
              lambda: layout_rows(2000 if args.quick else 20_000, 1 if args.quick else 11, tmp)),
         ]

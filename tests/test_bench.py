@@ -31,9 +31,12 @@ def test_bench_quick_fills_every_section(bpf, tmp_path):
     layout = results["layout"]  # pages spanned are counted, not timed: the layout must pack the executed code
     assert layout["executed_functions"] > 400
     assert layout["pages_spanned"]["orderfile"] < layout["pages_spanned"]["lld's own layout"]
+    big = results["big"]["rows"][0]
+    assert big["functions"] == 2000 and big["line_addresses"] > 10_000 and big["report_seconds"]["median"] > 0
+    assert 0 < big["index_bytes"] < big["html_bytes"] and isinstance(big["paint"], dict)
     assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("sqlite workload", "counted hit", "Attach and detach", "Removal of a probe", "outside the trace",
                     "test runner", "Indexing", "one per basic block", "Debug info from debuginfod", "Reports",
-                    "Code layout", "Accuracy"):
+                    "Reports for big programs", "Code layout", "Accuracy"):
         assert heading in text
