@@ -113,7 +113,8 @@ def big_row(functions: int, runs: int, tmp: Path) -> dict:
         "to_tracing_seconds": summarize([p[0] for p in phases]), "wind_up_seconds": summarize([p[1] for p in phases]),
         "report_seconds": summarize(warm), "report_cold_seconds": cold,
         "data_file_bytes": data.stat().st_size,
-        "index_bytes": (html / "index.html").stat().st_size, "functions_js_bytes": (html / "functions.js").stat().st_size,
+        "index_bytes": (html / "index.html").stat().st_size,
+        "functions_js_bytes": (html / "functions.js").stat().st_size,
         "html_bytes": sum(p.stat().st_size for p in html.iterdir()),
         "paint": _paint(html / "index.html", runs, tmp),
     }
@@ -142,8 +143,8 @@ def markdown(r: dict) -> list[str]:
              "A generated C program (bench/big_program.py, -O0 -g, every tenth function called) covered with "
              "`--lines`, then `bpfcov report` from its data file with the default formats (html, json, lcov). "
              "Run phases are timed from outside: start to \"Tracing\" (index and attach), then to bpfcov's exit "
-             "(the program runs for milliseconds: detach, data file, reports). Report \"warm\" has the reference graph cached, as every "
-             "report after the run does; \"cold\" reads the binary's code again. Paint is a headless Chromium "
+             "(the program runs for milliseconds: detach, data file, reports). Report \"warm\" has the "
+             "reference graph cached, as every report after the run does; \"cold\" reads the binary's code again. Paint is a headless Chromium "
              "screenshot of the index less one of an empty page, interleaved. Seconds, median (min–max).", "",
              "| functions | line addresses | run: to Tracing | run: wind-up | report, warm | report, cold | "
              "data file MiB | index.html MiB | functions.js MiB | html/ MiB | paint s |",

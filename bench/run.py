@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.figures import summarize  # noqa: E402  (needs ROOT on the path)
 from bench.big_report import big_rows  # noqa: E402
 from bench.big_report import markdown as big_markdown  # noqa: E402
+from bench.figures import summarize  # noqa: E402  (needs ROOT on the path)
 from bench.layout import layout_rows  # noqa: E402
 from bench.layout import markdown as layout_markdown  # noqa: E402
 
