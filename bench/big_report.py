@@ -144,8 +144,9 @@ def markdown(r: dict) -> list[str]:
              "`--lines`, then `bpfcov report` from its data file with the default formats (html, json, lcov). "
              "Run phases are timed from outside: start to \"Tracing\" (index and attach), then to bpfcov's exit "
              "(the program runs for milliseconds: detach, data file, reports). Report \"warm\" has the "
-             "reference graph cached, as every report after the run does; \"cold\" reads the binary's code again. Paint is a headless Chromium "
-             "screenshot of the index less one of an empty page, interleaved. Seconds, median (min–max).", "",
+             "reference graph cached, as every report after the run does; \"cold\" reads the binary's code "
+             "again. Paint is a headless Chromium screenshot of the index less one of an empty page, interleaved. "
+             "Seconds, median (min–max).", "",
              "| functions | line addresses | run: to Tracing | run: wind-up | report, warm | report, cold | "
              "data file MiB | index.html MiB | functions.js MiB | html/ MiB | paint s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
