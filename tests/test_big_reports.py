@@ -177,3 +177,26 @@ def test_coverage_json_written_record_by_record_is_as_dict(big_report):
     written = json.loads((out / "coverage.json").read_text())
     assert written == as_dict(build_report(store.read(str(out / "bpfcov.db"))))
     assert len(written["objects"][0]["lines"]) >= 300_000
+
+
+def test_source_columns_stay_aligned_in_chromium(bpf, tmp_path):
+    """Line numbers, counts and code are three <pre> columns: in the DOM Chromium builds,
+    each must hold one line per source line (the parser drops a newline after <pre>)."""
+    import html as markup
+    import re
+    out = tmp_path / "out"
+    bpfcov("run", "-q", "--lines", "--mode", "count", "-o", out, "--source-root", ROOT, "--format", "html", "--",
+           target("O0", "shapes"), "fact", "3")
+    page = next(p for p in (out / "html").glob("file*.html") if "shapes.c" in p.read_text()[:3000])
+    source = (ROOT / "sample_targets/shapes/shapes.c").read_text().splitlines()
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    columns = {}
+    for name in ("ln", "cnt", "code"):
+        inner = re.search(rf'<pre class="{name}">(.*?)</pre>', dom, re.S).group(1)
+        columns[name] = markup.unescape(re.sub(r"<[^>]+>", "", inner)).split("\n")
+    assert columns["ln"] == [str(n) for n in range(1, len(source) + 1)]
+    assert columns["code"][:len(source)] == source and columns["code"][len(source):] in ([], [""])
+    assert len(columns["cnt"]) == len(source)
+    assert any(c.replace(",", "").isdigit() for c in columns["cnt"])

@@ -141,11 +141,13 @@ def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Ma
             counts.append("" if count is None else f"{count:,}")
     if run_status:
         code.append("</span>")
+    # Each <pre> opens with a newline: the HTML parser drops one there, which would
+    # otherwise take a first empty line (or empty count) and shift its column up a line.
     numbers = "\n".join(map(str, range(1, len(text) + 1)))
-    gutter = f'<pre class="ln">{numbers}</pre>'
+    gutter = f'<pre class="ln">\n{numbers}</pre>'
     if counts_shown:
-        gutter += '<pre class="cnt">' + "\n".join(counts) + "</pre>"
-    return Markup(f'<div class="src">{gutter}<pre class="code">{"".join(code)}</pre></div>')
+        gutter += '<pre class="cnt">\n' + "\n".join(counts) + "</pre>"
+    return Markup(f'<div class="src">{gutter}<pre class="code">\n{"".join(code)}</pre></div>')
 
 
 def _unhit_note(f: FunctionRow) -> str:
