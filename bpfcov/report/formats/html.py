@@ -23,13 +23,15 @@ import json
 import os
 from dataclasses import dataclass
 from importlib import resources
-
-from markupsafe import Markup
+from typing import TYPE_CHECKING
 
 from bpfcov.report.model import FunctionRow, Report, SourceFile
 from bpfcov.report.reporter import Reporter, WriteContext
 from bpfcov.report.sources import SourceReader
 from bpfcov.report.treemap import Leaf, layout
+
+if TYPE_CHECKING:  # loaded with jinja2, when a report is written: the command line starts without it
+    from markupsafe import Markup
 
 TREEMAP_WIDTH = 1200
 TREEMAP_HEIGHT = 520
@@ -117,6 +119,7 @@ def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Ma
     and the code, in which each run of lines of one status (ran, never ran, not measured)
     is one element, and a badge marks where each function begins. A line costs a few
     bytes beyond its text, not an element of its own."""
+    from markupsafe import Markup
     starts: dict[int, list[FunctionRow]] = {}
     for f in source.functions:
         starts.setdefault(f.line or 0, []).append(f)
