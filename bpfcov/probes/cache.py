@@ -60,12 +60,17 @@ def store(key: str, index: ObjectIndex) -> None:
     if index.lines is not None:
         for column in ("address", "offset", "file", "line", "function"):
             arrays["line_" + column] = getattr(index.lines, column)
+    save_entry(_entry_path(key), arrays)
+
+
+def save_entry(path: str, arrays: dict) -> None:
+    """Write a cache entry of numpy arrays at `path`, whole or not at all."""
     try:
         os.makedirs(cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the keywords for options
-        os.replace(tmp, _entry_path(key))
+        os.replace(tmp, path)
     except OSError:
         pass  # a cache that cannot be written only costs time
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
-from bpfcov.probes.cache import cache_dir
+from bpfcov.probes.cache import cache_dir, save_entry
 from bpfcov.probes.model import ObjectIndex
 from bpfcov.prune.graph import Node, ReferenceGraph
 
@@ -52,14 +51,7 @@ def store(key: str, graph: ReferenceGraph) -> None:
         "ref_targets": np.array(targets, dtype=np.int64),
         "function_nodes": np.array(sorted(graph.node_of_function.items()), dtype=np.int64).reshape(-1, 2),
     }
-    try:
-        os.makedirs(cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the keywords for options
-        os.replace(tmp, _entry_path(key))
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+    save_entry(_entry_path(key), arrays)
 
 
 def load(key: str, path: str) -> ReferenceGraph | None:
