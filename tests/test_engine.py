@@ -366,3 +366,16 @@ def test_attach_ended_mid_run_leaves_no_process_stopped(bpf, tmp_path, attach_me
         proc.wait()
     report = coverage_json(tmp_path / "out")
     assert len({f["name"] for o in report["objects"] for f in o["functions"] if f["status"] == "hit"}) > 50
+
+
+def test_the_recorded_peak_memory_is_bpfcovs_own_not_its_parents(bpf, tmp_path):
+    """A test runner that starts bpfcov may itself hold gigabytes. Linux carries
+    getrusage's ru_maxrss across fork and exec, so that figure would be the parent's;
+    the run's own peak must be recorded."""
+    ballast = b"\x01" * (2 << 30)  # 2 GiB, every page touched, held while bpfcov runs
+    out = tmp_path / "out"
+    bpfcov("run", "-q", "-o", out, "--", target("O0", "shapes"), "fact", "3")
+    del ballast
+    from bpfcov.data import store
+    peak = store.read(str(out / "bpfcov.db")).stats["peak_rss_kib"]
+    assert 20 << 10 < peak < 1 << 20, f"{peak} KiB"
