@@ -23,6 +23,7 @@ import numpy as np
 
 from bpfcov.data.model import ObjectCoverage, RunCoverage
 from bpfcov.errors import BpfcovError
+from bpfcov.gcpause import gc_paused
 from bpfcov.probes.model import (
     FUNCTION_COLUMNS,
     FUNCTION_FIELDS,
@@ -117,6 +118,7 @@ def _insert(db: sqlite3.Connection, run: RunCoverage) -> None:
                                      for c, dtype in LINE_ARRAYS)))
 
 
+@gc_paused()
 def read(path: str) -> RunCoverage:
     """Read a data file; a missing, foreign or corrupt file raises BpfcovError."""
     if not os.path.isfile(path):
@@ -154,14 +156,11 @@ def _load(db: sqlite3.Connection) -> RunCoverage:
     first_hit_column = "first_hit_ns" if "first_hit_ns" in present else "0"
     for object_id, path, build_id, debug_file, warnings in db.execute(
             "SELECT id, path, build_id, debug_file, warnings FROM objects ORDER BY id"):
-        functions, counts, inlined, first_hits = [], [], [], []
-        for *values, count, runs, first_hit in db.execute(
-                f"SELECT {columns}, count, {inlined_column}, {first_hit_column} FROM functions "
-                "WHERE object_id = ? ORDER BY idx", (object_id,)):
-            functions.append(function_from_record(values))
-            counts.append(count)
-            inlined.append(runs)
-            first_hits.append(first_hit)
+        functions = [function_from_record(values) for values in db.execute(
+            f"SELECT {columns} FROM functions WHERE object_id = ? ORDER BY idx", (object_id,))]
+        measured = db.execute(f"SELECT count, {inlined_column}, {first_hit_column} FROM functions "
+                              "WHERE object_id = ? ORDER BY idx", (object_id,)).fetchall()
+        counts, inlined, first_hits = (list(column) for column in zip(*measured)) if measured else ([], [], [])
         lines, line_counts = None, None
         if run.lines:
             files = [p for (p,) in db.execute(

@@ -89,14 +89,24 @@ def function_record(f: Function) -> tuple:
                  for name, value in ((name, getattr(f, name)) for name in FUNCTION_FIELDS))
 
 
+_TUPLE_AT = tuple(FUNCTION_FIELDS.index(name) for name in _TUPLES)
+_BOOL_AT = tuple(FUNCTION_FIELDS.index(name) for name in _BOOLS)
+_PROBE_AT = FUNCTION_FIELDS.index("probe")
+_PROBE_STATUS = {status.value: status for status in ProbeStatus}
+
+
 def function_from_record(values) -> Function:
-    fields = dict(zip(FUNCTION_FIELDS, values))
-    for name in _TUPLES:
-        fields[name] = tuple(tuple(v) if isinstance(v, list) else v for v in json.loads(fields[name]))
-    for name in _BOOLS:
-        fields[name] = bool(fields[name])
-    fields["probe"] = ProbeStatus(fields["probe"])
-    return Function(**fields)
+    """The Function of a stored record (function_record's inverse); a record that is not
+    one raises KeyError, ValueError or TypeError. By position: a data file has a record
+    per function, and this is most of reading it."""
+    values = list(values)
+    for i in _TUPLE_AT:
+        text = values[i]  # mostly "[]": skipping json.loads for it halves a big load
+        values[i] = () if text == "[]" else tuple(tuple(v) if isinstance(v, list) else v for v in json.loads(text))
+    for i in _BOOL_AT:
+        values[i] = bool(values[i])
+    values[_PROBE_AT] = _PROBE_STATUS[values[_PROBE_AT]]
+    return Function(*values)
 
 
 @dataclass(slots=True)
