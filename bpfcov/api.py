@@ -46,9 +46,8 @@ class Coverage:
     def report(self, *, path_map: Sequence[tuple[str, str]] = (), relative_to: str | None = None,
                include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Report:
         """The shaped report every format writes (report/pipeline.py)."""
-        from bpfcov.report.pipeline import ReportOptions, build_report
-        return build_report(self.data, ReportOptions(path_maps=list(path_map), relative_to=relative_to,
-                                                     include=list(include), exclude=list(exclude)))
+        from bpfcov.report.pipeline import build_report
+        return build_report(self.data, _report_options(path_map, relative_to, include, exclude))
 
     @property
     def totals(self) -> dict:
@@ -68,10 +67,12 @@ class Coverage:
         return the paths written. `debuginfod_sources`: as --debuginfod-sources (from the
         servers in DEBUGINFOD_URLS). `report_options` are those of report()."""
         from bpfcov.report.formats import DEFAULT_FORMATS, parse_formats
+        from bpfcov.report.pipeline import build_report
         from bpfcov.report.writers import write_reports
         names = parse_formats(",".join(formats if formats is not None else DEFAULT_FORMATS))
-        return write_reports(self.report(**report_options), out_dir, names, source_root, lcov_format,
-                             debuginfod_sources=debuginfod_sources)
+        # The plans are made while what does not show them is written.
+        report = build_report(self.data, _report_options(**report_options), plans_later=True)
+        return write_reports(report, out_dir, names, source_root, lcov_format, debuginfod_sources=debuginfod_sources)
 
     def save(self, path: str) -> None:
         """Write the data file (SQLite, replaced atomically)."""
@@ -85,6 +86,13 @@ class Coverage:
         """The sums of both runs' counts (the same binaries matched by build-id)."""
         from bpfcov.data.merge import merge
         return Coverage(merge([self.data, other.data]))
+
+
+def _report_options(path_map: Sequence[tuple[str, str]] = (), relative_to: str | None = None,
+                    include: Sequence[str] = (), exclude: Sequence[str] = ()):
+    from bpfcov.report.pipeline import ReportOptions
+    return ReportOptions(path_maps=list(path_map), relative_to=relative_to, include=list(include),
+                         exclude=list(exclude))
 
 
 def load(path: str) -> Coverage:

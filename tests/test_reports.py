@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -312,3 +313,139 @@ def test_report_include_and_exclude(tmp_path):
            "--exclude", "helper")
     names = [f["name"] for o in coverage_json(tmp_path / "out")["objects"] for f in o["functions"]]
     assert names == ["main"]
+
+
+# -- reports written side by side (bpfcov/parallel.py) -----------------------------------
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_reports_written_side_by_side_equal_those_written_one_after_another(tmp_path, monkeypatch):
+    """The command line writes the HTML report in forked children beside the other
+    formats; the same data written in one process, one format after another, must give
+    the same bytes. On a real run: glibc, and a C program's source pages."""
+    require_bpf()
+    traced = tmp_path / "traced"
+    bpfcov("run", "-q", "--lines", "--libs", "-o", traced, "--format", "json", "--source-root", ROOT, "--",
+           target("O0", "shapes"), "fact", "3", cwd=ROOT)
+    formats = ["html", "json", "lcov", "cobertura"]
+    bpfcov("report", traced / "bpfcov.db", "-o", tmp_path / "side", "--format", ",".join(formats),
+           "--source-root", ROOT)
+
+    from bpfcov import parallel
+    from bpfcov.api import load
+    monkeypatch.setattr(parallel, "can_fork", lambda: False)
+    load(str(traced / "bpfcov.db")).write(str(tmp_path / "serial"), formats, source_root=str(ROOT))
+
+    # And with the plans made before anything is written, as build_report does by default.
+    write_reports(build_report(store.read(str(traced / "bpfcov.db"))), str(tmp_path / "planned"), formats,
+                  source_root=str(ROOT))
+
+    side, serial = _files_under(tmp_path / "side"), _files_under(tmp_path / "serial")
+    planned = _files_under(tmp_path / "planned")
+    report = coverage_json(tmp_path / "side")
+    assert any("libc.so" in o["path"] for o in report["objects"])
+    assert any(f["prune"] for o in report["objects"] for f in o["functions"])  # plans were made
+    assert any(name.startswith("html/file") for name in side)  # source pages were written
+    assert side.keys() == serial.keys() == planned.keys()
+    assert [name for name in side if side[name] != serial[name] or side[name] != planned[name]] == []
+
+
+def _pytest_can_fork() -> None:
+    from bpfcov import parallel
+    assert parallel.can_fork(), "these tests need two CPUs and a pytest without threads"
+
+
+def test_a_failure_in_a_forked_writer_is_one_error_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    from bpfcov.errors import BpfcovError
+    from bpfcov.report.formats import html
+    _pytest_can_fork()
+
+    def disk_full(report, out_dir, sources):  # in the child that writes the source pages
+        (Path(out_dir) / "file0000.html").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(html, "write_source_pages", disk_full)
+    out = tmp_path / "out"
+    with pytest.raises(BpfcovError, match=r"cannot write reports to .*: No space left on device"):
+        write_reports(build_report(synthetic_run(), plans_later=True), str(out), ["html", "json", "lcov"],
+                      source_root=str(tmp_path))
+    # lcov and JSON were whole, and are in place; the HTML folder never appeared, half or whole.
+    assert sorted(p.name for p in out.iterdir()) == ["coverage.info", "coverage.json"]
+
+
+def test_an_interrupt_stops_the_forked_writers_and_they_clean_up(tmp_path, monkeypatch):
+    """Ctrl-C while the children write: they are stopped, remove their temporary files,
+    and are waited for; the interrupt goes on up."""
+    from bpfcov.report.formats import html
+    _pytest_can_fork()
+    started = tmp_path / "child-started"
+
+    def slow_source_pages(report, out_dir, sources):  # in a child
+        started.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    def interrupted_index(report, out_dir):  # here, once the plans are made
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(html, "write_source_pages", slow_source_pages)
+    monkeypatch.setattr(html, "write_index", interrupted_index)
+    out = tmp_path / "out"
+    begun = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(build_report(synthetic_run(), plans_later=True), str(out), ["lcov", "html"],
+                      source_root=str(tmp_path))
+    assert time.monotonic() - begun < 30  # the child did not sleep its minute out
+    child = int(started.read_text())
+    assert not Path(f"/proc/{child}").exists()  # waited for, not left a zombie
+    assert [p.name for p in out.iterdir()] in ([], ["coverage.info"])  # no temporary file or folder
+
+
+def test_the_plans_are_made_by_write_reports_once_and_only_when_shown(tmp_path, monkeypatch):
+    """build_report(plans_later=True) leaves the plans to write_reports, which makes them
+    once, while the parts that do not show them are written; for lcov alone, never."""
+    from bpfcov.report import pipeline
+    made = []
+    real_plan = pipeline._plan
+
+    def counted_plan(index, statuses):
+        made.append(index.path)
+        return real_plan(index, statuses)
+
+    monkeypatch.setattr(pipeline, "_plan", counted_plan)
+    later = build_report(synthetic_run(), plans_later=True)
+    assert made == [] and later.pending_plans
+    write_reports(later, str(tmp_path / "later"), ["json", "html"], source_root=str(tmp_path))
+    assert made == ["/bin/app"] and not later.pending_plans
+    write_reports(later, str(tmp_path / "again"), ["json"], source_root=str(tmp_path))
+    assert made == ["/bin/app"]
+    unplanned = build_report(synthetic_run(), plans_later=True)
+    write_reports(unplanned, str(tmp_path / "lcov"), ["lcov"], source_root=str(tmp_path))
+    assert made == ["/bin/app"] and unplanned.pending_plans
+
+
+def test_the_garbage_collector_is_paused_only_while_a_report_is_made(tmp_path, monkeypatch):
+    import gc
+
+    from bpfcov.report.formats import REPORTERS
+    seen = []
+    original = REPORTERS["json"].write
+
+    def watching(report, out, context):
+        seen.append(gc.isenabled())
+        original(report, out, context)
+
+    assert gc.isenabled()
+    monkeypatch.setattr(REPORTERS["json"], "write", watching)
+    write_reports(build_report(synthetic_run()), str(tmp_path), ["json"], source_root=str(tmp_path))
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        write_reports(build_report(synthetic_run()), str(tmp_path), ["json"], source_root=str(tmp_path))
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

@@ -149,13 +149,15 @@ def write_all(run, args, data_file: str | None, quiet: bool) -> int:
     """Write the data file (if asked) and the reports; print the summary; apply --fail-under."""
     from bpfcov.api import Coverage
     from bpfcov.probes.model import ProbeStatus
+    from bpfcov.report.pipeline import ReportOptions, build_report
     from bpfcov.report.writers import write_reports
 
     coverage = Coverage(run)
     if data_file:
         coverage.save(data_file)
-    report = coverage.report(path_map=args.path_map, relative_to=args.relative_to, include=args.include,
-                             exclude=args.exclude)
+    # The plans are made while what does not show them is written (report/writers.py).
+    report = build_report(run, ReportOptions(path_maps=args.path_map, relative_to=args.relative_to,
+                                             include=args.include, exclude=args.exclude), plans_later=True)
     written = write_reports(report, args.output, parse_formats(args.format), args.source_root, args.lcov_format,
                             debuginfod_sources=args.debuginfod_sources)
     t = report.totals

@@ -29,7 +29,7 @@ class FunctionRow:
     index: int = -1          # its place among its object's functions (as the probe index has them)
     inlined_instances: int = 0  # places the compiler inlined it
     inlined_count: int = 0      # runs of those instances (the rest of `count` are calls)
-    prune: Prune | None = None  # never-executed out-of-line functions, when the object could be read
+    prune: Prune | None = None  # never-executed out-of-line functions, once their object's plan is made
     first_hit_ns: int = 0       # ns into the run at which it first ran; 0: unknown (count mode) or never
 
     @property
@@ -67,9 +67,16 @@ class ObjectReport:
     path: str
     build_id: str | None
     functions: list[FunctionRow]
-    lines: list[tuple[str, int, int]]  # (file as reported, line, count)
+    line_counts: dict[str, dict[int, int]]  # file as reported -> line -> count
     warnings: list[str]
-    plan: PrunePlan | None = None      # None when the object's file could not be read
+    plan: PrunePlan | None = None      # None when the object's file could not be read, or not yet made
+
+    @property
+    def lines(self) -> list[tuple[str, int, int]]:
+        """(file, line, count) in order. Sorted when asked: only coverage.json lists an
+        object's lines, and a big object has millions."""
+        return [(path, line, lines[line]) for path, lines in sorted(self.line_counts.items())
+                for line in sorted(lines)]
 
     @property
     def dead_bytes(self) -> int:
@@ -119,3 +126,6 @@ class Report:
     totals: Totals
     bpfcov_version: str
     attach_method: str | None = None  # how the probes were attached (None: merged or older data)
+    # (object, its index, its functions' statuses) whose pruning plan is still to be made:
+    # pipeline.add_plans makes them. Empty in every report build_report returns by default.
+    pending_plans: list = field(default_factory=list)

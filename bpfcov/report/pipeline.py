@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bpfcov.data.model import RunCoverage
+from bpfcov.gcpause import gc_paused
 from bpfcov.probes.model import name_filter
 from bpfcov.prune.model import UNREACHABLE, PrunePlan
 from bpfcov.report.model import FunctionRow, ObjectReport, Report, SourceFile, Totals
@@ -65,8 +66,8 @@ def _plan(index, statuses: Sequence[str]) -> tuple[PrunePlan | None, str | None]
     return prune_plan(graph, statuses, [f.display_name for f in index.functions]), None
 
 
-def _line_counts(table, counts, options: ReportOptions) -> dict[tuple[str | None, int], int]:
-    """(file as reported, line) -> count, for an object's line table: a line with several
+def _line_counts(table, counts, options: ReportOptions) -> dict[str | None, dict[int, int]]:
+    """File as reported -> line -> count, for an object's line table: a line with several
     addresses ran as often as its busiest address. In numpy: a big object has millions."""
     if not len(table):
         return {}
@@ -79,38 +80,55 @@ def _line_counts(table, counts, options: ReportOptions) -> dict[tuple[str | None
     distinct, where = np.unique(keys, return_inverse=True)
     busiest = np.zeros(len(distinct), dtype=np.int64)
     np.maximum.at(busiest, where, counts.astype(np.int64))
-    return dict(zip(zip([unique_paths[i] for i in (distinct >> 32).tolist()], (distinct & 0xFFFFFFFF).tolist()),
-                    busiest.tolist()))
+    # `distinct` is sorted, so each file's lines are one stretch of it.
+    file_ids = distinct >> 32
+    starts = np.flatnonzero(np.diff(file_ids, prepend=-1)).tolist()
+    line_numbers, line_counts = (distinct & 0xFFFFFFFF).tolist(), busiest.tolist()
+    return {unique_paths[file_ids[a]]: dict(zip(line_numbers[a:b], line_counts[a:b]))
+            for a, b in zip(starts, starts[1:] + [len(distinct)])}
 
 
-def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Report:
+@gc_paused()
+def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plans_later: bool = False) -> Report:
+    """The report of `run`. With `plans_later`, its pruning plans (a third of the time at
+    scale) are left for `add_plans`, so that what does not show them can be written
+    meanwhile (report/writers.py)."""
     options = options or ReportOptions()
     wanted_names = name_filter(options.include, options.exclude)
+    filtered = bool(options.include or options.exclude)
 
     def wanted(row: FunctionRow) -> bool:
-        return wanted_names(row.name, row.display_name)
+        return not filtered or wanted_names(row.name, row.display_name)
+
+    path_of: dict[str | None, str | None] = {}  # a file's path as reported: few files, many functions
+
+    def reported_path(path: str | None) -> str | None:
+        if path not in path_of:
+            path_of[path] = rewrite_path(path, options)
+        return path_of[path]
 
     objects: list[ObjectReport] = []
     files: dict[str, SourceFile] = {}
     totals = Totals()
+    pending_plans = []
     for oi, obj in enumerate(run.objects):
         index = obj.index
         rows: list[FunctionRow] = []
-        line_rows: dict[tuple[str | None, int], int] = {}
+        line_rows: dict[str | None, dict[int, int]] = {}
         if run.lines and index.lines is not None and obj.line_counts is not None:
             line_rows = _line_counts(index.lines, obj.line_counts, options)
-        executed, inlined, first_hits = obj.executed_counts(), obj.inlined(), obj.first_hit_ns()  # data/model.py
+        executed, inlined, first_hits = (a.tolist() for a in (obj.executed_counts(), obj.inlined(),
+                                                              obj.first_hit_ns()))  # data/model.py
         statuses = [obj.function_status(fi) for fi in range(len(index.functions))]
-        plan, why_no_plan = _plan(index, statuses) if options.prune else (None, None)
         for fi, f in enumerate(index.functions):
-            count = int(executed[fi])
+            count = executed[fi]
             status = statuses[fi]
             row = FunctionRow(
                 object_path=index.path, name=f.name, display_name=f.display_name, address=f.address,
-                size=f.size, file=rewrite_path(f.file, options), line=f.line, end_line=f.end_line,
+                size=f.size, file=reported_path(f.file), line=f.line, end_line=f.end_line,
                 count=count, status=status, aliases=f.aliases, probe=f.probe.value, probe_note=f.probe_note,
-                anchor=_anchor(oi, fi), index=fi, inlined_instances=f.inlined_instances, inlined_count=int(inlined[fi]),
-                prune=plan.prune.get(fi) if plan is not None else None, first_hit_ns=int(first_hits[fi]))
+                anchor=_anchor(oi, fi), index=fi, inlined_instances=f.inlined_instances, inlined_count=inlined[fi],
+                first_hit_ns=first_hits[fi])
             if not wanted(row):
                 continue
             rows.append(row)
@@ -123,8 +141,6 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                 totals.functions_no_code += 1
             else:
                 totals.dead_bytes += row.own_bytes
-                if row.prune is not None and row.prune.klass == UNREACHABLE:
-                    totals.unreachable_bytes += row.own_bytes
             if row.file is not None and row.line is not None and status not in ("unmeasured", "no-code"):
                 source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
                 source.functions.append(row)
@@ -132,28 +148,50 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None) -> Repo
                     source.build_ids.append(index.build_id)
                 if not run.lines:
                     source.lines[row.line] = source.lines.get(row.line, 0) + count
-                elif status == "hit":
-                    key = (row.file, row.line)
-                    line_rows[key] = max(line_rows.get(key, 0), count)
-                elif (row.file, row.line) not in line_rows:
-                    line_rows[(row.file, row.line)] = 0
+                else:
+                    lines = line_rows.setdefault(row.file, {})
+                    lines[row.line] = max(lines.get(row.line, 0), count if status == "hit" else 0)
         if run.lines:
-            for (path, line), count in line_rows.items():
-                if path is None:
-                    continue
-                known = files.get(path)
+            for path, lines in line_rows.items():
+                known = files.get(path) if path is not None else None
                 if known is None:
                     continue  # lines of functions filtered out or unmeasured
-                known.lines[line] = max(known.lines.get(line, 0), count)
-        objects.append(ObjectReport(index.path, index.build_id, rows,
-                                    sorted((p, n, c) for (p, n), c in line_rows.items() if p is not None),
-                                    list(index.warnings) + ([why_no_plan] if why_no_plan else []), plan))
+                if not known.lines:
+                    known.lines.update(lines)
+                else:  # the file is in another object too
+                    for line, count in lines.items():
+                        known.lines[line] = max(known.lines.get(line, 0), count)
+        line_rows.pop(None, None)
+        objects.append(ObjectReport(index.path, index.build_id, rows, line_rows, list(index.warnings)))
+        if options.prune:
+            pending_plans.append((objects[-1], index, statuses))
     ordered = [files[p] for p in sorted(files)]
     for source in ordered:
         source.functions.sort(key=lambda r: (r.line or 0, r.name))
         totals.lines += len(source.lines)
         totals.lines_hit += sum(1 for c in source.lines.values() if c > 0)
-    return Report(mode=run.mode, command=run.command, started=run.started, duration=run.duration,
-                  host=run.host, kernel=run.kernel, lines=run.lines, complete=run.complete,
-                  objects=objects, files=ordered, totals=totals, bpfcov_version=run.bpfcov_version,
-                  attach_method=run.stats.get("attach_method"))
+    report = Report(mode=run.mode, command=run.command, started=run.started, duration=run.duration,
+                    host=run.host, kernel=run.kernel, lines=run.lines, complete=run.complete,
+                    objects=objects, files=ordered, totals=totals, bpfcov_version=run.bpfcov_version,
+                    attach_method=run.stats.get("attach_method"), pending_plans=pending_plans)
+    if not plans_later:
+        add_plans(report)
+    return report
+
+
+@gc_paused()
+def add_plans(report: Report) -> None:
+    """Make the pruning plans that build_report(plans_later=True) left out: each object's
+    plan, each never-executed row's class, and the unreachable bytes. Once; then nothing."""
+    for o, index, statuses in report.pending_plans:
+        o.plan, why_no_plan = _plan(index, statuses)
+        if why_no_plan:
+            o.warnings.append(why_no_plan)
+        if o.plan is None:
+            continue
+        prune = o.plan.prune
+        for row in o.functions:
+            row.prune = prune.get(row.index)
+            if row.status == "unhit" and row.prune is not None and row.prune.klass == UNREACHABLE:
+                report.totals.unreachable_bytes += row.own_bytes
+    report.pending_plans = []

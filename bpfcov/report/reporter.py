@@ -8,6 +8,7 @@ themselves: report/writers.py owns it (temporary name, atomic rename, errors).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, TextIO
 
@@ -30,8 +31,26 @@ class Reporter:
     folder: ClassVar[bool] = False  # writes a folder of files (given its path) instead of one stream
     writes_path: ClassVar[bool] = False  # writes its one file itself, given a path (a database)
     default: ClassVar[bool] = False  # written when no --format is given
+    # It shows the pruning plan: written once the plans are made (report/pipeline.py's
+    # add_plans). A format that never reads FunctionRow.prune says False, and is written meanwhile.
+    needs_plan: ClassVar[bool] = True
 
     def write(self, report: Report, out: TextIO | str, context: WriteContext) -> None:
         """Write `report` to the stream `out` (or, for a folder format, into the folder `out`;
         for one that writes a path, to the file `out`, which does not exist yet)."""
         raise NotImplementedError
+
+    def parts(self, report: Report, folder: str, context: WriteContext) -> list[Part]:
+        """A folder format's work, in pieces that may run side by side (each in a process
+        of its own) into `folder`. One piece, `write`, unless the format splits it."""
+        return [Part(f"writing the {self.name} report", self.needs_plan,
+                     lambda: self.write(report, folder, context))]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of writing a report: a format that is one file, or part of a folder format."""
+
+    name: str                   # what it does, for an error message
+    needs_plan: bool            # run once the pruning plans are made
+    work: Callable[[], None]

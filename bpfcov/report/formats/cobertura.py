@@ -65,6 +65,7 @@ def write(report: Report, out) -> None:
 class CoberturaReporter(Reporter):
     name = "cobertura"
     file_name = "coverage.xml"
+    needs_plan = False
     help = "Cobertura XML for GitLab and Jenkins"
 
     def write(self, report: Report, out, context: WriteContext) -> None:

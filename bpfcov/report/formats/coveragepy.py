@@ -34,6 +34,7 @@ def native_files(report: Report) -> dict[str, dict[int, int]]:
 class CoveragePyReporter(Reporter):
     name = "coveragepy"
     file_name = ".coverage.bpfcov"
+    needs_plan = False
     help = "a coverage.py data file of the native source lines, for `coverage combine` (needs --lines)"
     writes_path = True
 

@@ -8,11 +8,15 @@ filters, sorts or follows a link to a row not shown. The treemap stops at files 
 functions are too many to draw; each file's page lists its functions. Source pages mark
 lines with one short element each, so a long file's page stays near its source's size.
 
-Shaping (`pages`) builds plain data from the Report; the jinja2 templates in templates/
-lay out the index, and `source_markup` the source lines (too many for a template loop
-at scale). Every name, path and source line comes from the binary and is untrusted:
-autoescape is on in the templates, and `source_markup` escapes each piece itself. Source
-text is read only through SourceReader (under --source-root).
+Shaping (`index_page`, `file_pages`) builds plain data from the Report; the jinja2
+templates in templates/ lay out the pages, and `source_markup` and `function_table_markup`
+a file page's source lines and functions (too many for a template loop at scale). Every
+name, path and source line comes from the binary and is untrusted: autoescape is on in the
+templates, and both builders of markup escape each piece themselves. Source text is read
+only through SourceReader (under --source-root).
+
+The index shows the pruning plan and the source pages do not: they are two parts, written
+side by side (report/writers.py).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import datetime
 import html
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from bpfcov.report.model import FunctionRow, Report, SourceFile
-from bpfcov.report.reporter import Reporter, WriteContext
+from bpfcov.report.reporter import Part, Reporter, WriteContext
 from bpfcov.report.sources import SourceReader
 from bpfcov.report.treemap import Leaf, layout
 
@@ -96,6 +101,7 @@ class FilePage:
     source: SourceFile
     lines: Markup | None  # the marked-up source; None when it may not or cannot be read
     why_no_source: str
+    functions: Markup     # the rows of its table of functions
 
 
 def _page_name(i: int) -> str:
@@ -118,39 +124,57 @@ def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Ma
     """The source as three aligned columns: line numbers, counts (with `counts_shown`),
     and the code, in which each run of lines of one status (ran, never ran, not measured)
     is one element, and a badge marks where each function begins. A line costs a few
-    bytes beyond its text, not an element of its own."""
+    bytes beyond its text, not an element of its own.
+
+    Work is per measured line and per function, not per line of text: a page's markup
+    goes only where a run of one status begins or ends, or a function begins."""
     from markupsafe import Markup
-    starts: dict[int, list[FunctionRow]] = {}
+    measured = source.lines
+    n_lines = len(text)
+    # Escaped in one piece, which costs a tenth of escaping line by line: no line holds a "\n".
+    code = html.escape("\n".join(text), quote=False).split("\n") if text else []
+
+    def status(n: int) -> str:
+        count = measured.get(n) if 1 <= n <= n_lines else None
+        return "" if count is None else _RUN_CLASS[count > 0]
+
+    # A run can only begin or end at a measured line or just after one.
+    for n in sorted({m for line in measured for m in (line, line + 1) if 1 <= m <= n_lines}):
+        before, now = status(n - 1), status(n)
+        if before != now:
+            code[n - 1] = ("</span>" if before else "") + (f'<span class="{now}">' if now else "") + code[n - 1]
     for f in source.functions:
-        starts.setdefault(f.line or 0, []).append(f)
-    escape = html.escape
-    code: list[str] = []
-    counts: list[str] = []
-    run_status: str | None = None
-    for n, line in enumerate(text, start=1):
-        count = source.lines.get(n)
-        status = "" if count is None else _RUN_CLASS[count > 0]
-        if status != run_status:
-            if run_status:
-                code.append("</span>")
-            if status:
-                code.append(f'<span class="{status}">')
-            run_status = status
-        code.append(escape(line, quote=False))
-        for f in starts.get(n, ()):
-            code.append(f'<b class="{f.status}" id="{f.anchor}"></b>')
-        code.append("\n")
-        if counts_shown:
-            counts.append("" if count is None else f"{count:,}")
-    if run_status:
-        code.append("</span>")
+        if 1 <= (f.line or 0) <= n_lines:
+            code[f.line - 1] += f'<b class="{f.status}" id="{f.anchor}"></b>'
+    ending = "</span>" if status(n_lines) else ""
     # Each <pre> opens with a newline: the HTML parser drops one there, which would
     # otherwise take a first empty line (or empty count) and shift its column up a line.
-    numbers = "\n".join(map(str, range(1, len(text) + 1)))
+    numbers = "\n".join(map(str, range(1, n_lines + 1)))
     gutter = f'<pre class="ln">\n{numbers}</pre>'
     if counts_shown:
+        counts = [""] * n_lines
+        for n, count in measured.items():
+            if 1 <= n <= n_lines:
+                counts[n - 1] = f"{count:,}"
         gutter += '<pre class="cnt">\n' + "\n".join(counts) + "</pre>"
-    return Markup(f'<div class="src">{gutter}<pre class="code">\n{"".join(code)}</pre></div>')
+    body = "".join(line + "\n" for line in code) + ending
+    return Markup(f'<div class="src">{gutter}<pre class="code">\n{body}</pre></div>')
+
+
+def function_table_markup(source: SourceFile, linked: bool) -> Markup:
+    """A file page's table of its functions, one row each: name, status, count, bytes and
+    the line, `linked` to the badge in the source when the source is shown. Built here
+    rather than in the template, whose per-row work is most of a report's time at scale.
+    Closing tags of rows and cells are left out (HTML allows it)."""
+    from markupsafe import Markup
+    escape = html.escape
+    rows = []
+    for f in source.functions:
+        title = f' title="{escape(f.name)}"' if f.name != f.display_name else ""
+        line = f'<a href="#{f.anchor}">{f.line}</a>' if linked else f"{f.line}"
+        rows.append(f'<tr><td{title}>{escape(f.display_name)}<td><span class="status {f.status}">{f.status}</span>'
+                    f'<td>{f.count:,}<td>{f.size:,}<td>{line}')
+    return Markup("".join(rows))
 
 
 def _unhit_note(f: FunctionRow) -> str:
@@ -251,17 +275,25 @@ def _function_leaf(f: FunctionRow) -> Leaf:
     return Leaf(f.size, f.display_name, title, f.status, f"#{f.anchor}", klass)
 
 
-def pages(report: Report, sources: SourceReader):
-    """(index context, [FilePage], functions.js text) for `report`."""
-    page_of = {source.path: _page_name(i) for i, source in enumerate(report.files)}
+def _pages_of(report: Report) -> dict[str, str]:
+    """Each source file's page name, by its path as reported."""
+    return {source.path: _page_name(i) for i, source in enumerate(report.files)}
+
+
+def file_pages(report: Report, sources: SourceReader) -> Iterator[FilePage]:
+    """The page of each source file of `report`, one at a time."""
+    page_of = _pages_of(report)
     counts_shown = report.mode != "hit"
-    file_pages: list[FilePage] = []
     for source in report.files:
         text = _read_source(source, sources)
         why = "" if text is not None else sources.why_unreadable(source.original_path)
         lines = source_markup(text, source, counts_shown) if text is not None else None
-        file_pages.append(FilePage(page_of[source.path], source, lines, why))
+        yield FilePage(page_of[source.path], source, lines, why, function_table_markup(source, lines is not None))
 
+
+def index_page(report: Report):
+    """(index context, functions.js text) for `report`."""
+    page_of = _pages_of(report)
     every = [f for o in report.objects for f in o.functions]
     unhit = [_row(f, _unhit_note(f), page_of)
              for f in sorted((f for f in every if f.status == "unhit"), key=lambda f: (-f.size, f.display_name))]
@@ -276,7 +308,7 @@ def pages(report: Report, sources: SourceReader):
                              sum(f.status == "unmeasured" for f in o.functions), o.dead_bytes, o.total_bytes,
                              o.warnings) for o in report.objects]
 
-    cuts, class_totals = pruning_plan(report)
+    cuts, cuts_not_shown, class_totals = pruning_plan(report)
     tiles = layout(treemap_groups(report, page_of), TREEMAP_WIDTH, TREEMAP_HEIGHT)
     started = datetime.datetime.fromtimestamp(report.started).astimezone() if report.started else None
     index = {
@@ -284,19 +316,19 @@ def pages(report: Report, sources: SourceReader):
         "unhit": unhit[:ROWS_SHOWN], "unhit_total": len(unhit), "hit": hit[:ROWS_SHOWN], "hit_total": len(hit),
         "data_file": DATA_FILE, "files": files, "objects": objects, "tiles": tiles,
         "files_level": any(t.level == 2 and t.status.startswith("q") for t in tiles),
-        "cuts": cuts[:MAX_CUTS_SHOWN], "cuts_not_shown": max(0, len(cuts) - MAX_CUTS_SHOWN),
+        "cuts": cuts, "cuts_not_shown": cuts_not_shown,
         "class_totals": class_totals, "planned": any(o.plan is not None for o in report.objects),
         "treemap_width": TREEMAP_WIDTH, "treemap_height": TREEMAP_HEIGHT,
         "started": started.strftime("%Y-%m-%d %H:%M:%S %Z") if started else "",
         "duration": f"{report.duration:.2f} s" if report.duration is not None else "",
     }
-    return index, file_pages, data_script(report, unhit, hit, page_of)
+    return index, data_script(report, unhit, hit, page_of)
 
 
-def pruning_plan(report: Report) -> tuple[list[CutView], list[ClassTotal]]:
-    """The cuts of every object whose plan is known, largest first, and the never-executed
-    functions' bytes per class."""
-    cuts: list[CutView] = []
+def pruning_plan(report: Report) -> tuple[list[CutView], int, list[ClassTotal]]:
+    """The MAX_CUTS_SHOWN largest cuts of every object whose plan is known, largest first;
+    how many more there are; and the never-executed functions' bytes per class."""
+    candidates = []  # (sort key, object's rows by index, cut): a view only for those shown
     totals = {klass: ClassTotal(klass, 0, 0) for klass in ("unreachable", "dead-only", "cold")}
     for o in report.objects:
         if o.plan is None:
@@ -309,43 +341,50 @@ def pruning_plan(report: Report) -> tuple[list[CutView], list[ClassTotal]]:
                 totals[f.prune.klass].bytes += f.own_bytes
         for cut in o.plan.cuts:
             root = row_of.get(cut.function)
-            if root is None:
-                continue
-            cluster = [row_of[m] for m in cut.cluster[1:] if m in row_of]
-            cuts.append(CutView(root, cut.klass, cut.retained_bytes, cluster[:MAX_CLUSTER_SHOWN], cut.referenced_by,
-                                cut.referrers - len(cut.referenced_by), cut.root,
-                                max(0, len(cluster) - MAX_CLUSTER_SHOWN)))
-    cuts.sort(key=lambda c: (-c.retained_bytes, c.root.display_name))
-    return cuts, list(totals.values())
+            if root is not None:
+                candidates.append(((-cut.retained_bytes, root.display_name), row_of, cut))
+    candidates.sort(key=lambda c: c[0])
+    return ([_cut_view(cut, row_of) for _, row_of, cut in candidates[:MAX_CUTS_SHOWN]],
+            max(0, len(candidates) - MAX_CUTS_SHOWN), list(totals.values()))
+
+
+def _cut_view(cut, row_of: dict[int, FunctionRow]) -> CutView:
+    cluster = [row_of[m] for m in cut.cluster[1:] if m in row_of]
+    return CutView(row_of[cut.function], cut.klass, cut.retained_bytes, cluster[:MAX_CLUSTER_SHOWN],
+                   cut.referenced_by, cut.referrers - len(cut.referenced_by), cut.root,
+                   max(0, len(cluster) - MAX_CLUSTER_SHOWN))
 
 
 def environment():
     import jinja2  # here: the command line lists the formats without loading jinja2
     folder = resources.files("bpfcov.templates")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), autoescape=True,
+    # auto_reload off: the templates do not change while a report is written, and checking
+    # them costs a stat per source page.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), autoescape=True, auto_reload=False,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["thousands"] = lambda n: f"{n:,}"
     env.filters["percent"] = lambda x: f"{x:.1f}%"
     return env
 
 
-def write(report: Report, out_dir: str, sources: SourceReader) -> str:
-    """Write the report's pages into `out_dir`; return the index path."""
-    env = environment()
-    index, file_pages, data = pages(report, sources)
-    os.makedirs(out_dir, exist_ok=True)
+def write_index(report: Report, out_dir: str) -> None:
+    """index.html, functions.js and the shared assets: what shows the pruning plan."""
+    index, data = index_page(report)
     with open(os.path.join(out_dir, "index.html"), "w", encoding="utf-8") as f:
-        f.write(env.get_template("index.html").render(**index))
+        f.write(environment().get_template("index.html").render(**index))
     with open(os.path.join(out_dir, DATA_FILE), "w", encoding="utf-8") as f:
         f.write(data)
     for asset in ASSETS:  # shared by every page, rather than repeated in each
         with open(os.path.join(out_dir, asset), "w", encoding="utf-8") as f:
             f.write(resources.files("bpfcov.templates").joinpath(asset).read_text(encoding="utf-8"))
-    template = env.get_template("file.html")
-    for page in file_pages:
+
+
+def write_source_pages(report: Report, out_dir: str, sources: SourceReader) -> None:
+    """A page per source file: they need no pruning plan."""
+    template = environment().get_template("file.html")
+    for page in file_pages(report, sources):
         with open(os.path.join(out_dir, page.filename), "w", encoding="utf-8") as f:
             f.write(template.render(page=page, report=report))
-    return os.path.join(out_dir, "index.html")
 
 
 class HtmlReporter(Reporter):
@@ -356,4 +395,10 @@ class HtmlReporter(Reporter):
     default = True
 
     def write(self, report: Report, out, context: WriteContext) -> None:
-        write(report, out, context.sources)
+        for part in self.parts(report, out, context):
+            part.work()
+
+    def parts(self, report: Report, folder: str, context: WriteContext) -> list[Part]:
+        # The source pages and the index take about as long, and only the index shows the plan.
+        return [Part("writing the source pages", False, lambda: write_source_pages(report, folder, context.sources)),
+                Part("writing the HTML index", True, lambda: write_index(report, folder))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 
 from bpfcov.report.model import Report
 from bpfcov.report.reporter import Reporter, WriteContext
@@ -70,15 +71,23 @@ def write(report: Report, out) -> None:
     for i, (o, record) in enumerate(zip(report.objects, objects)):
         record.pop("lines")
         out.write(("," if i else "") + dumps(record)[:-1] + ',"lines":[')
-        file_json: dict[str, str] = {}
-        out.write(",".join(f'{{"file":{file_json.get(p) or file_json.setdefault(p, dumps(p))},"line":{n},"count":{c}}}'
-                           for p, n, c in o.lines))
+        out.write(",".join(_line_records(o.line_counts, dumps)))
         out.write("]}")
     out.write('],"totals":' + dumps(totals) + "}\n")
 
 
+def _line_records(line_counts: dict[str, dict[int, int]], dumps) -> Iterator[str]:
+    """Each file's line records, as as_dict orders them (by file, then line), made a
+    file at a time: the file's JSON string is the same in each of its records."""
+    for path, lines in sorted(line_counts.items()):
+        if not lines:
+            continue  # a file without lines adds no record (nor an empty one between commas)
+        head = f'{{"file":{dumps(path)},"line":'
+        yield ",".join([f'{head}{n},"count":{lines[n]}}}' for n in sorted(lines)])
+
+
 def _without_lines(report: Report) -> Report:
-    return dataclasses.replace(report, objects=[dataclasses.replace(o, lines=[]) for o in report.objects])
+    return dataclasses.replace(report, objects=[dataclasses.replace(o, line_counts={}) for o in report.objects])
 
 
 class JsonReporter(Reporter):

@@ -49,6 +49,7 @@ def file_names(objects: list[ObjectReport]) -> list[str]:
 class OrderfileReporter(Reporter):
     name = "orderfile"
     file_name = "orderfiles"
+    needs_plan = False
     help = "per object, the executed functions in first-run order, for lld's --symbol-ordering-file"
     folder = True
 
