@@ -161,8 +161,8 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
                 else:  # the file is in another object too
                     for line, count in lines.items():
                         known.lines[line] = max(known.lines.get(line, 0), count)
-        line_rows.pop(None, None)
-        objects.append(ObjectReport(index.path, index.build_id, rows, line_rows, list(index.warnings)))
+        line_counts = {path: lines for path, lines in line_rows.items() if path is not None}
+        objects.append(ObjectReport(index.path, index.build_id, rows, line_counts, list(index.warnings)))
         if options.prune:
             pending_plans.append((objects[-1], index, statuses))
     ordered = [files[p] for p in sorted(files)]

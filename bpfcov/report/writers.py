@@ -12,6 +12,7 @@ and those that do not show the plans are written while this process makes them.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -104,7 +105,7 @@ def write_reports(report: Report, out_dir: str, formats: list[str], source_root:
                 parts += reporter.parts(report, temporary[name], context)
             else:
                 parts.append(Part(f"writing {reporter.file_name}", reporter.needs_plan,
-                                  lambda n=name: _write_stream(report, paths[n], n, context)))
+                                  functools.partial(_write_stream, report, paths[name], name, context)))
         # Each part is written beside this process, which makes the plans meanwhile and
         # writes the last part that shows them (bpfcov/parallel.py).
         with side_by_side() as children:

@@ -144,8 +144,9 @@ def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Ma
         if before != now:
             code[n - 1] = ("</span>" if before else "") + (f'<span class="{now}">' if now else "") + code[n - 1]
     for f in source.functions:
-        if 1 <= (f.line or 0) <= n_lines:
-            code[f.line - 1] += f'<b class="{f.status}" id="{f.anchor}"></b>'
+        line = f.line or 0
+        if 1 <= line <= n_lines:
+            code[line - 1] += f'<b class="{f.status}" id="{f.anchor}"></b>'
     ending = "</span>" if status(n_lines) else ""
     # Each <pre> opens with a newline: the HTML parser drops one there, which would
     # otherwise take a first empty line (or empty count) and shift its column up a line.
