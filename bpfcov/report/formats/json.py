@@ -58,22 +58,30 @@ def totals_json(t) -> dict:
 
 
 def write(report: Report, out) -> None:
-    """as_dict(report), compact (`python -m json.tool` pretty-prints it for people), and
-    with each object's lines written record by record: a big object has millions, and a
-    dict each took most of the time."""
+    """as_dict(report), compact (`python -m json.tool` pretty-prints it for people), written
+    piece by piece: a big object has a hundred thousand functions and millions of lines,
+    and one string of them all (or a dict per line) took most of the time."""
     dumps = json.JSONEncoder(separators=(",", ":")).encode
-    # "objects" and "totals" are as_dict's last keys, and "lines" an object's last: each
-    # record is written open, and its last member appended, in as_dict's order.
-    skeleton = as_dict(_without_lines(report))
+    # "objects" and "totals" are as_dict's last keys, "functions" and "lines" an object's:
+    # each record is written open, and its last members appended, in as_dict's order.
+    skeleton = as_dict(_without_rows(report))
     objects = skeleton.pop("objects")
     totals = skeleton.pop("totals")
     out.write(dumps(skeleton)[:-1] + ',"objects":[')
     for i, (o, record) in enumerate(zip(report.objects, objects)):
-        record.pop("lines")
-        out.write(("," if i else "") + dumps(record)[:-1] + ',"lines":[')
-        out.write(",".join(_line_records(o.line_counts, dumps)))
+        del record["functions"], record["lines"]
+        out.write(("," if i else "") + dumps(record)[:-1] + ',"functions":[')
+        for start in range(0, len(o.functions), _FUNCTIONS_PER_WRITE):
+            batch = o.functions[start:start + _FUNCTIONS_PER_WRITE]
+            out.write(("," if start else "") + dumps([function_json(f) for f in batch])[1:-1])
+        out.write('],"lines":[')
+        for j, records in enumerate(_line_records(o.line_counts, dumps)):
+            out.write(("," if j else "") + records)
         out.write("]}")
     out.write('],"totals":' + dumps(totals) + "}\n")
+
+
+_FUNCTIONS_PER_WRITE = 2000
 
 
 def _line_records(line_counts: dict[str, dict[int, int]], dumps) -> Iterator[str]:
@@ -86,8 +94,9 @@ def _line_records(line_counts: dict[str, dict[int, int]], dumps) -> Iterator[str
         yield ",".join([f'{head}{n},"count":{lines[n]}}}' for n in sorted(lines)])
 
 
-def _without_lines(report: Report) -> Report:
-    return dataclasses.replace(report, objects=[dataclasses.replace(o, line_counts={}) for o in report.objects])
+def _without_rows(report: Report) -> Report:
+    return dataclasses.replace(report, objects=[dataclasses.replace(o, functions=[], line_counts={})
+                                                for o in report.objects])
 
 
 class JsonReporter(Reporter):
