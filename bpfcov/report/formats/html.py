@@ -134,20 +134,28 @@ def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Ma
     # Escaped in one piece, which costs a tenth of escaping line by line: no line holds a "\n".
     code = html.escape("\n".join(text), quote=False).split("\n") if text else []
 
-    def status(n: int) -> str:
-        count = measured.get(n) if 1 <= n <= n_lines else None
-        return "" if count is None else _RUN_CLASS[count > 0]
-
-    # A run can only begin or end at a measured line or just after one.
-    for n in sorted({m for line in measured for m in (line, line + 1) if 1 <= m <= n_lines}):
-        before, now = status(n - 1), status(n)
-        if before != now:
-            code[n - 1] = ("</span>" if before else "") + (f'<span class="{now}">' if now else "") + code[n - 1]
+    # A run of one status begins at a measured line whose status differs from the line
+    # before it, and ends after a measured line followed by a different status or a gap.
+    last, open_class = 0, ""  # the last measured line seen, and the class of its run
+    for n in sorted(n for n in measured if 1 <= n <= n_lines):
+        now = _RUN_CLASS[measured[n] > 0]
+        if open_class and n != last + 1:  # unmeasured lines since: the run ended there
+            code[last] = "</span>" + code[last]
+            open_class = ""
+        if now != open_class:
+            code[n - 1] = ("</span>" if open_class else "") + f'<span class="{now}">' + code[n - 1]
+            open_class = now
+        last = n
+    ending = ""
+    if open_class:
+        if last == n_lines:
+            ending = "</span>"
+        else:
+            code[last] = "</span>" + code[last]
     for f in source.functions:
         line = f.line or 0
         if 1 <= line <= n_lines:
             code[line - 1] += f'<b class="{f.status}" id="{f.anchor}"></b>'
-    ending = "</span>" if status(n_lines) else ""
     # Each <pre> opens with a newline: the HTML parser drops one there, which would
     # otherwise take a first empty line (or empty count) and shift its column up a line.
     numbers = "\n".join(map(str, range(1, n_lines + 1)))
@@ -158,7 +166,7 @@ def source_markup(text: list[str], source: SourceFile, counts_shown: bool) -> Ma
             if 1 <= n <= n_lines:
                 counts[n - 1] = f"{count:,}"
         gutter += '<pre class="cnt">\n' + "\n".join(counts) + "</pre>"
-    body = "".join(line + "\n" for line in code) + ending
+    body = ("\n".join(code) + "\n" if code else "") + ending
     return Markup(f'<div class="src">{gutter}<pre class="code">\n{body}</pre></div>')
 
 
