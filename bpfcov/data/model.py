@@ -12,6 +12,18 @@ from bpfcov.probes.model import ObjectIndex, ProbeStatus
 
 
 @dataclass
+class FleetFacts:
+    """What a fleet store (bpfcov/fleet/) knows of an object beyond its summed counts."""
+
+    hosts: np.ndarray             # int64 per function: the hosts it ran on
+    first_executed: np.ndarray    # float64 per function: Unix time it first ran; 0: never
+    last_executed: np.ndarray     # float64 per function: time of the push that last saw it run
+    hosts_watching: int = 0       # the hosts that watched the build in the selection
+    watched_seconds: float = 0.0  # summed over those hosts' runs
+    unknown_functions: int = 0    # counted by hosts whose index had functions the stored one lacks
+
+
+@dataclass
 class ObjectCoverage:
     """The counts of one object's probes.
 
@@ -30,6 +42,7 @@ class ObjectCoverage:
     # int64, one per function: ns into the run at which it first ran, at its entry or any
     # of its lines (hit mode sees first hits; count mode does not, and leaves 0: unknown)
     first_hits: np.ndarray | None = None
+    fleet: FleetFacts | None = None          # only in a report from a fleet store
     _calls: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def call_counts(self) -> np.ndarray:
