@@ -13,12 +13,13 @@ import sys
 
 from bpfcov import __version__
 from bpfcov.commands.data import DiffCommand, MergeCommand, ReportCommand
+from bpfcov.commands.fleet import StoreCommand
 from bpfcov.commands.inspect import SymbolsCommand
 from bpfcov.commands.tracing import AttachCommand, RunCommand, WatchCommand
 from bpfcov.errors import BpfcovError
 
 COMMANDS = [RunCommand(), AttachCommand(), WatchCommand(), SymbolsCommand(), ReportCommand(), MergeCommand(),
-            DiffCommand()]
+            DiffCommand(), StoreCommand()]
 
 
 class _Parser(argparse.ArgumentParser):

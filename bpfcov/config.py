@@ -91,6 +91,15 @@ def _path_maps(key: str, value: Any) -> list[tuple[str, str]]:
     return [(old, new) for old, new in pairs]
 
 
+def _store(key: str, value: Any) -> str:
+    from bpfcov.fleet.connection import parse_store_url
+    try:
+        parse_store_url(_text(key, value))
+    except BpfcovError:
+        raise ValueError("sqlite:///PATH, or a postgresql:// URL without a password") from None
+    return value
+
+
 # key -> (the argparse destination, how to read its value)
 KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "format": ("format", _formats),
@@ -111,6 +120,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "attach-method": ("attach_method", _attach_method),
     "debuginfod": ("debuginfod", _debuginfod_urls),
     "debuginfod-sources": ("debuginfod_sources", _flag),
+    "store": ("store", _store),
 }
 
 

@@ -14,6 +14,7 @@ from bpfcov.commands.common import (
     validate_formats,
     write_all,
 )
+from bpfcov.errors import BpfcovError, UsageError
 
 
 def _merged(coverages, always: bool = False):
@@ -34,20 +35,56 @@ class ReportCommand(Command):
     name = "report"
 
     def prepare_parser(self, parser) -> None:
-        parser.add_argument("data", nargs="+", metavar="DATA", help="bpfcov.db files")
+        parser.add_argument("data", nargs="+", metavar="DATA",
+                            help="bpfcov.db files, or a fleet store's URL (postgresql://...)")
         parser.add_argument("--include", action="append", default=[], metavar="REGEX",
                             help="report only functions whose name matches (repeatable)")
         parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                             help="leave out functions whose name matches (repeatable)")
         add_report_options(parser)
         add_debuginfod_option(parser)  # for --debuginfod-sources
+        fleet = parser.add_argument_group("from a fleet store")
+        fleet.add_argument("--build-id", metavar="ID", help="only this build")
+        fleet.add_argument("--since", metavar="SPAN",
+                           help="only counts of the last SPAN: 30d, 12h, 2w (counts are kept per UTC day)")
+        fleet.add_argument("--host-label", action="append", default=[], metavar="NAME",
+                           help="only these hosts (repeatable)")
 
     def run(self, args) -> int:
         import bpfcov
+        from bpfcov.fleet.connection import is_store_url
         validate_formats(args)
-        coverages = [bpfcov.load(p) for p in args.data]
+        if (args.build_id or args.since or args.host_label) and not any(is_store_url(p) for p in args.data):
+            raise UsageError("--build-id, --since and --host-label select from a fleet store: give its URL")
+        coverages = [_from_store(p, args) if is_store_url(p) else bpfcov.load(p) for p in args.data]
         check_output_dir(args.output)
         return write_all(_merged(coverages).data, args, None, False)
+
+
+def _from_store(text: str, args):
+    """The coverage a store holds for the selection the options make."""
+    import time
+
+    from bpfcov.api import Coverage
+    from bpfcov.data import store
+    from bpfcov.fleet import schema
+    from bpfcov.fleet.connection import connect, errors_in_one_line, parse_store_url, redacted
+    from bpfcov.fleet.query import Selection, fleet_coverage, parse_since
+    url = parse_store_url(text)
+    if not url.is_postgresql:
+        return Coverage(store.read(url.target))
+    selection = Selection(args.build_id, parse_since(args.since, time.time()) if args.since else None,
+                          tuple(args.host_label))
+    conn = connect(url)
+    try:
+        with errors_in_one_line(url):
+            schema.check(conn, redacted(url.target))
+            run = fleet_coverage(conn, selection)
+    finally:
+        conn.close()
+    if not run.objects:
+        raise BpfcovError(f"{redacted(url.target)}: no build matches (build-id, hosts, --since)")
+    return Coverage(run)
 
 
 class MergeCommand(Command):

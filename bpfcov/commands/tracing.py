@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import sys
 
 from bpfcov.commands.common import (
@@ -82,8 +83,37 @@ def _absolute_paths(args) -> None:
         args.command[0] = absolute(args.command[0])
 
 
-def _prepare(args) -> tuple[str, ProgramBuilder]:
-    """Check what needs no tracing, then start compiling: (data file path, compile)."""
+def add_store_options(parser) -> None:
+    group = parser.add_argument_group("fleet store")
+    group.add_argument("--store", metavar="URL",
+                       help="where the data goes: sqlite:///PATH (a data file; default OUT/bpfcov.db) or "
+                            "postgresql://... (a shared store, pushed at every --interval and at the end, "
+                            "besides OUT/bpfcov.db; password from ~/.pgpass or PGPASSFILE)")
+    group.add_argument("--host-label", metavar="NAME", default=socket.gethostname(),
+                       help="this host's name in the store (default: the hostname)")
+
+
+def _open_store(args, data_file: str):
+    """(data file, pusher or None): a postgresql store is checked here, before anything is
+    attached, so bad credentials or a missing schema cost the user nothing."""
+    from bpfcov.fleet.connection import parse_store_url
+    if not args.store:
+        return data_file, None
+    url = parse_store_url(args.store)
+    if not url.is_postgresql:
+        check_output_dir(os.path.dirname(url.target))
+        return url.target, None
+    if not args.host_label.strip():
+        raise UsageError("--host-label: empty")
+    from bpfcov.fleet.push import Pusher
+    pusher = Pusher(url, args.host_label, args.quiet)
+    pusher.check()
+    pusher.start()
+    return data_file, pusher
+
+
+def _prepare(args) -> ProgramBuilder:
+    """Check what needs no tracing, open the store, then start compiling."""
     validate_formats(args)
     if hasattr(args, "libs_only"):
         _libraries_wanted(args)
@@ -93,21 +123,38 @@ def _prepare(args) -> tuple[str, ProgramBuilder]:
     check_privileges()
     check_output_dir(args.output)
     _absolute_paths(args)
+    args.data_file, args.pusher = _open_store(args, os.path.join(args.output, "bpfcov.db"))
     builder = ProgramBuilder(program_options(args.subcommand, args.mode, getattr(args, "libs", False), args.object,
                                              args.attach_method),
                              slots_guess=ProgramBuilder.GUESS + spare_slots(args.lines, args.subcommand != "watch"))
-    return os.path.join(args.output, "bpfcov.db"), builder
+    return builder
 
 
-def _snapshot_writer(data_file: str):
+def _snapshot_writer(args):
     from bpfcov.data import store
 
+    # The data file is written before its push is queued: it is the push's spool (fleet/push.py).
     def write_snapshot(run) -> None:
+        key = args.pusher.stamp(run) if args.pusher is not None else None
         try:
-            store.write(data_file, run)
+            store.write(args.data_file, run)
         except OSError as e:
             print(f"bpfcov: warning: snapshot not written: {e.strerror}", file=sys.stderr)
+        if key is not None:
+            args.pusher.push(run, key)
     return write_snapshot
+
+
+def _finish(args):
+    """What runs once tracing has stopped: the data file and reports, then the last push."""
+    def finish(run) -> int:
+        key = args.pusher.stamp(run) if args.pusher is not None else None
+        try:
+            return write_all(run, args, args.data_file, args.quiet)
+        finally:
+            if key is not None:
+                args.pusher.close(run, key)
+    return finish
 
 
 class RunCommand(Command):
@@ -129,6 +176,7 @@ class RunCommand(Command):
                             help="stop tracing after S seconds (the command keeps running)")
         add_exec_options(parser)
         add_report_options(parser)
+        add_store_options(parser)
         parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                             help="the command to run, after --")
 
@@ -138,12 +186,12 @@ class RunCommand(Command):
         if not args.command:
             raise UsageError("no command given: bpfcov run [options] -- COMMAND [ARGS...]")
         execs = _exec_policy(args)
-        data_file, builder = _prepare(args)
+        builder = _prepare(args)
         from bpfcov.engine.targets import trace_command
         with builder:
             traced = trace_command(args.command, _options(args, args.libs), args.object, args.libs, args.duration,
-                                   args.interval, _snapshot_writer(data_file), builder,
-                                   after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
+                                   args.interval, _snapshot_writer(args), builder,
+                                   after=_finish(args), execs=execs)
         status = traced.after if traced.coverage is not None else 1
         ending = traced.ending
         assert ending is not None  # run always has one
@@ -175,15 +223,16 @@ class AttachCommand(Command):
         add_trace_options(parser)
         add_exec_options(parser)
         add_report_options(parser)
+        add_store_options(parser)
 
     def run(self, args) -> int:
         execs = _exec_policy(args)
-        data_file, builder = _prepare(args)
+        builder = _prepare(args)
         from bpfcov.engine.targets import trace_pid
         with builder:
             traced = trace_pid(args.pid, _options(args, args.libs), args.object, args.libs, args.duration,
-                               args.interval, _snapshot_writer(data_file), builder,
-                               after=lambda run: write_all(run, args, data_file, args.quiet), execs=execs)
+                               args.interval, _snapshot_writer(args), builder,
+                               after=_finish(args), execs=execs)
         if traced.coverage is None:
             raise BpfcovError("tracing did not start")
         return traced.after
@@ -197,19 +246,30 @@ class WatchCommand(Command):
 
     name = "watch"
 
+    SERVICE_INTERVAL = 60.0
+
     def prepare_parser(self, parser) -> None:
         parser.add_argument("paths", nargs="+", metavar="PATH", help="ELF executables or libraries to watch")
         parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+        parser.add_argument("--service", action="store_true",
+                            help="run as a service (contrib/bpfcov-watch.service): snapshots and pushes every "
+                                 f"--interval (default {self.SERVICE_INTERVAL:g} s), SIGHUP reopens the store, "
+                                 "SIGTERM stops")
         add_trace_options(parser)
         add_report_options(parser)
+        add_store_options(parser)
 
     def run(self, args) -> int:
-        data_file, builder = _prepare(args)
+        if args.service and args.interval is None:
+            args.interval = self.SERVICE_INTERVAL
+        builder = _prepare(args)
         from bpfcov.engine.targets import trace_paths
+        # A service is told to reload with SIGHUP, never to stop.
+        hangup = (args.pusher.reopen if args.pusher is not None else lambda: None) if args.service else None
         with builder:
             traced = trace_paths(list(args.paths) + list(args.object), _options(args, False), args.duration,
-                                 args.interval, _snapshot_writer(data_file), builder,
-                                 after=lambda run: write_all(run, args, data_file, args.quiet))
+                                 args.interval, _snapshot_writer(args), builder,
+                                 after=_finish(args), on_hangup=hangup)
         if traced.coverage is None:
             raise BpfcovError("tracing did not start")
         return traced.after

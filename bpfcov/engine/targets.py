@@ -64,17 +64,20 @@ class Stopper:
     `forward` (for `run`) passes each signal on to the traced command; then bpfcov keeps
     waiting for the command to end, and only a second signal makes it stop waiting. When
     there is no command to pass it to (yet), `forward` returns False and bpfcov stops.
-    Install it before attaching: a signal must never find bpfcov with its probes attached
-    and without this handler.
+    `hangup` (for `watch --service`) makes SIGHUP a request to reopen the store instead,
+    as services are told to reload. Install it before attaching: a signal must never find
+    bpfcov with its probes attached and without this handler.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, event: threading.Event, forward: Callable[[int], bool] | None = None):
+    def __init__(self, event: threading.Event, forward: Callable[[int], bool] | None = None,
+                 hangup: Callable[[], None] | None = None):
         self.event = event  # set on every signal, so that a waiting loop wakes at once
         self._stop = False
         self.received: list[int] = []
         self._forward = forward
+        self._hangup = hangup
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Stopper:
@@ -87,6 +90,9 @@ class Stopper:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGHUP and self._hangup is not None:
+            self._hangup()
+            return
         self.received.append(signum)
         if self._forward is None or len(self.received) > 1 or not self._forward(signum):
             self._stop = True
@@ -253,7 +259,8 @@ def trace_pid(pid: int, options: TraceOptions, objects: list[str], libs: bool,
 
 
 def trace_paths(paths: list[str], options: TraceOptions, duration: float | None = None,
-                interval: float | None = None, on_snapshot=None, builder=None, after=None) -> Traced:
+                interval: float | None = None, on_snapshot=None, builder=None, after=None,
+                on_hangup: Callable[[], None] | None = None) -> Traced:
     if not paths:
         raise BpfcovError("watch needs at least one PATH to an ELF object")
     for path in paths:
@@ -262,7 +269,7 @@ def trace_paths(paths: list[str], options: TraceOptions, duration: float | None 
     with Session(options, ["watch"] + [os.path.realpath(p) for p in paths], wanted,
                  every_process=True, builder=builder) as session:
         try:
-            with Stopper(session.wake) as stopper:
+            with Stopper(session.wake, hangup=on_hangup) as stopper:
                 for path in paths:
                     session.add_object(path)
                 session.start()
