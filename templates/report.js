@@ -29,6 +29,7 @@
     if (key === "source") { return file < 0 ? "" : data.files[file] + ":" + row[data.col.line]; }
     if (key === "href") { return file < 0 ? "" : data.pages[file] + "#" + row[data.col.anchor]; }
     if (key === "object") { return data.objects[row[data.col.object]]; }
+    if (key === "watched") { return data.watched[row[data.col.object]]; }
     if (key === "class") { return data.classes[row[data.col["class"]]]; }
     return row[data.col[key]];
   }

@@ -31,6 +31,11 @@ class FunctionRow:
     inlined_count: int = 0      # runs of those instances (the rest of `count` are calls)
     prune: Prune | None = None  # never-executed out-of-line functions, once their object's plan is made
     first_hit_ns: int = 0       # ns into the run at which it first ran; 0: unknown (count mode) or never
+    # Only in a report from a fleet store (bpfcov/fleet/): the hosts it ran on, and the
+    # Unix times it first and last ran (None: never).
+    hosts: int | None = None
+    first_executed: float | None = None
+    last_executed: float | None = None
 
     @property
     def calls(self) -> int:
@@ -63,6 +68,14 @@ class SourceFile:
 
 
 @dataclass
+class Watched:
+    """How much of a fleet watched a build: what a never-executed function's verdict rests on."""
+
+    hosts: int
+    seconds: float
+
+
+@dataclass
 class ObjectReport:
     path: str
     build_id: str | None
@@ -70,6 +83,7 @@ class ObjectReport:
     line_counts: dict[str, dict[int, int]]  # file as reported -> line -> count
     warnings: list[str]
     plan: PrunePlan | None = None      # None when the object's file could not be read, or not yet made
+    watched: Watched | None = None     # only in a report from a fleet store
 
     @property
     def lines(self) -> list[tuple[str, int, int]]:

@@ -22,7 +22,7 @@ from bpfcov.data.model import RunCoverage
 from bpfcov.gcpause import gc_paused
 from bpfcov.probes.model import name_filter
 from bpfcov.prune.model import UNREACHABLE, PrunePlan
-from bpfcov.report.model import FunctionRow, ObjectReport, Report, SourceFile, Totals
+from bpfcov.report.model import FunctionRow, ObjectReport, Report, SourceFile, Totals, Watched
 
 
 @dataclass
@@ -120,6 +120,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
         executed, inlined, first_hits = (a.tolist() for a in (obj.executed_counts(), obj.inlined(),
                                                               obj.first_hit_ns()))  # data/model.py
         statuses = [obj.function_status(fi) for fi in range(len(index.functions))]
+        fleet = obj.fleet
         for fi, f in enumerate(index.functions):
             count = executed[fi]
             status = statuses[fi]
@@ -129,6 +130,10 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
                 count=count, status=status, aliases=f.aliases, probe=f.probe.value, probe_note=f.probe_note,
                 anchor=_anchor(oi, fi), index=fi, inlined_instances=f.inlined_instances, inlined_count=inlined[fi],
                 first_hit_ns=first_hits[fi])
+            if fleet is not None:
+                row.hosts = int(fleet.hosts[fi])
+                row.first_executed = float(fleet.first_executed[fi]) or None
+                row.last_executed = float(fleet.last_executed[fi]) or None
             if not wanted(row):
                 continue
             rows.append(row)
@@ -162,7 +167,9 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
                     for line, count in lines.items():
                         known.lines[line] = max(known.lines.get(line, 0), count)
         line_counts = {path: lines for path, lines in line_rows.items() if path is not None}
-        objects.append(ObjectReport(index.path, index.build_id, rows, line_counts, list(index.warnings)))
+        objects.append(ObjectReport(index.path, index.build_id, rows, line_counts, list(index.warnings),
+                                    watched=None if fleet is None else
+                                    Watched(fleet.hosts_watching, fleet.watched_seconds)))
         if options.prune:
             pending_plans.append((objects[-1], index, statuses))
     ordered = [files[p] for p in sorted(files)]

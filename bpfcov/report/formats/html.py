@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from bpfcov.report.model import FunctionRow, Report, SourceFile
+from bpfcov.report.model import FunctionRow, Report, SourceFile, Watched
 from bpfcov.report.reporter import Part, Reporter, WriteContext
 from bpfcov.report.sources import SourceReader
 from bpfcov.report.treemap import Leaf, layout
@@ -235,7 +235,8 @@ def data_script(report: Report, unhit: list[TableRow], hit: list[TableRow], page
         return [f.anchor, f.display_name, f.name if f.name != f.display_name else "", f.size,
                 f.count if hit_table else 0, r.note, file, f.line or 0, object_of[f.object_path], klass, retained]
 
-    data = {"objects": objects, "files": files, "pages": [page_of[p] for p in files], "classes": classes,
+    data = {"objects": objects, "watched": [watched_text(o.watched) for o in report.objects],
+            "files": files, "pages": [page_of[p] for p in files], "classes": classes,
             "columns": ["anchor", "display", "mangled", "size", "count", "note", "file", "line", "object", "class",
                         "retained"],
             "unhit": [row(r, False) for r in unhit], "hit": [row(r, True) for r in hit]}
@@ -244,6 +245,16 @@ def data_script(report: Report, unhit: list[TableRow], hit: list[TableRow], page
     # nothing to the HTML parser.
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return f"bpfcovFunctions({text});\n"
+
+
+def watched_text(watched: Watched | None) -> str:
+    """How much of a fleet watched an object, e.g. "3 hosts, 12.5 days"; "" outside a fleet."""
+    if watched is None:
+        return ""
+    hours = watched.seconds / 3600
+    span = f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours" if hours >= 1 else \
+        f"{watched.seconds / 60:.0f} minutes"
+    return f"{watched.hosts:,} host{'s' if watched.hosts != 1 else ''}, {span}"
 
 
 def _coverage_band(hit_bytes: int, size: int) -> str:
@@ -327,6 +338,8 @@ def index_page(report: Report):
         "files_level": any(t.level == 2 and t.status.startswith("q") for t in tiles),
         "cuts": cuts, "cuts_not_shown": cuts_not_shown,
         "class_totals": class_totals, "planned": any(o.plan is not None for o in report.objects),
+        "watched": {o.path: watched_text(o.watched) for o in report.objects},
+        "fleet": any(o.watched is not None for o in report.objects),
         "treemap_width": TREEMAP_WIDTH, "treemap_height": TREEMAP_HEIGHT,
         "started": started.strftime("%Y-%m-%d %H:%M:%S %Z") if started else "",
         "duration": f"{report.duration:.2f} s" if report.duration is not None else "",

@@ -30,6 +30,7 @@ def as_dict(report: Report) -> dict:
             {
                 "path": o.path,
                 "build_id": o.build_id,
+                **({} if o.watched is None else {"watched": {"hosts": o.watched.hosts, "seconds": o.watched.seconds}}),
                 "functions": [function_json(f) for f in o.functions],
                 "lines": [{"file": p, "line": n, "count": c} for p, n, c in o.lines],
             }
@@ -45,9 +46,12 @@ def function_json(f) -> dict:
     (never-executed functions of an object whose file was read, else null) its class and
     the bytes its removal frees (prune/plan.py)."""
     prune = {"class": f.prune.klass, "retained_bytes": f.prune.retained_bytes} if f.prune is not None else None
-    return {"name": f.name, "display_name": f.display_name, "address": f.address, "size": f.size,
-            "file": f.file, "line": f.line, "count": f.calls, "status": f.status, "aliases": list(f.aliases),
-            "inlined_instances": f.inlined_instances, "inlined_count": f.inlined_count, "prune": prune}
+    record = {"name": f.name, "display_name": f.display_name, "address": f.address, "size": f.size,
+              "file": f.file, "line": f.line, "count": f.calls, "status": f.status, "aliases": list(f.aliases),
+              "inlined_instances": f.inlined_instances, "inlined_count": f.inlined_count, "prune": prune}
+    if f.hosts is not None:  # a report from a fleet store: on how many hosts, and when, it ran
+        record.update(hosts=f.hosts, first_executed=f.first_executed, last_executed=f.last_executed)
+    return record
 
 
 def totals_json(t) -> dict:
