@@ -19,7 +19,7 @@ system:
 # project's dependencies change.
 $(STAMP): pyproject.toml | system
 	/usr/bin/python3 -m venv --system-site-packages .venv
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,lint,postgresql]'
 	touch $@
 
 targets: setup

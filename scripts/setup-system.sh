@@ -13,9 +13,10 @@ modules=/lib/modules/$kernel
 # cmake for the ctest runner test; libdw1 (elfutils) reads the DWARF tree for inlined functions;
 # libdebuginfod1 is elfutils' debuginfod client, and debuginfod the server the tests start;
 # lld links the sqlite workload with an orderfile for the layout bench, and linux-perf
-# counts its page faults and iTLB misses; python3-setuptools builds the C extension sample.
+# counts its page faults and iTLB misses; python3-setuptools builds the C extension sample;
+# postgresql is the fleet store's server, which the tests start in a temporary folder.
 packages=(python3-bpfcc bpfcc-tools python3-venv python3-dev python3-setuptools bpftool gcc g++ make cmake binutils libdw1
-          libdebuginfod1 debuginfod valgrind lcov gdb chromium python3.11-dbg lld linux-perf)
+          libdebuginfod1 debuginfod valgrind lcov gdb chromium python3.11-dbg lld linux-perf postgresql)
 
 # Rust (rustc for the Rust sample target, cargo for the `cargo test` runner test): the
 # machine's own if it has them.
