@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 from bench.big_report import big_rows  # noqa: E402
 from bench.big_report import markdown as big_markdown  # noqa: E402
 from bench.figures import summarize  # noqa: E402  (needs ROOT on the path)
+from bench.fleet import fleet_row  # noqa: E402
+from bench.fleet import markdown as fleet_markdown  # noqa: E402
 from bench.layout import layout_rows  # noqa: E402
 from bench.layout import markdown as layout_markdown  # noqa: E402
 
@@ -640,6 +642,8 @@ def markdown(results: dict) -> str:
               f"({rep['data_file_mib']:.1f} MiB): {fmt(rep['seconds'])} s (including Python start-up)."]
     if "big" in results:
         lines += big_markdown(results["big"])
+    if "fleet" in results:
+        lines += fleet_markdown(results["fleet"])
     lines += [*layout_markdown(results["layout"]), ""]
     acc = results["accuracy"]
     lines += ["## Accuracy", "", f"Functions of the sqlite workload (N={results['accuracy_n']:,}) that executed, "
@@ -658,7 +662,7 @@ def markdown(results: dict) -> str:
 
 
 SECTIONS = ("workload", "per_hit", "attach", "removal", "outside", "pytest", "runner", "index", "blocks",
-            "debuginfod", "report", "big", "layout", "accuracy")
+            "debuginfod", "report", "big", "fleet", "layout", "accuracy")
 
 
 def main() -> None:
@@ -708,6 +712,7 @@ def main() -> None:
             ("debuginfod", "debug info from a local debuginfod", lambda: debuginfod_row(runs, tmp)),
             ("report", "reports", lambda: report_row(tmp)),
             ("big", "reports for big programs", lambda: big_rows(args.quick, 1 if args.quick else 3, tmp)),
+            ("fleet", "a fleet pushing into PostgreSQL", lambda: fleet_row(args.quick)),
             ("layout", "code layout from an orderfile",
              lambda: layout_rows(2000 if args.quick else 20_000, 1 if args.quick else 11, tmp)),
         ]

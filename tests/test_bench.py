@@ -34,9 +34,11 @@ def test_bench_quick_fills_every_section(bpf, tmp_path):
     big = results["big"]["rows"][0]
     assert big["functions"] == 2000 and big["line_addresses"] > 10_000 and big["report_seconds"]["median"] > 0
     assert 0 < big["index_bytes"] < big["html_bytes"] and isinstance(big["paint"], dict)
+    fleet = results["fleet"]  # every host's pushes went through, and the store has their counts
+    assert fleet["pushes"] == fleet["hosts"] * 2 and fleet["function_count_rows"] == fleet["hosts"] * fleet["running"]
     assert results["accuracy"]["gcov"]["counts_equal"] == results["accuracy"]["gcov"]["functions_compared"] > 100
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("sqlite workload", "counted hit", "Attach and detach", "Removal of a probe", "outside the trace",
                     "test runner", "Indexing", "one per basic block", "Debug info from debuginfod", "Reports",
-                    "Reports for big programs", "Code layout", "Accuracy"):
+                    "Reports for big programs", "A fleet pushing into PostgreSQL", "Code layout", "Accuracy"):
         assert heading in text
