@@ -38,7 +38,8 @@ class LocalPostgres:
     """`with LocalPostgres() as pg:` a running server; pg.url is the store's URL, and
     pg.pgpass the password file to put in PGPASSFILE."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 100) -> None:
+        self.max_connections = max_connections  # PostgreSQL's default; a bench of many hosts needs more
         self.folder = Path(tempfile.mkdtemp(prefix="bpfcov-pg-"))
         self.data = self.folder / "data"
         self.port = _free_port()
@@ -59,7 +60,8 @@ class LocalPostgres:
 
     def start(self) -> None:
         self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "60",
-                          "-o", f"-k {self.folder} -p {self.port} -c listen_addresses=''", "start")
+                          "-o", f"-k {self.folder} -p {self.port} -c listen_addresses='' "
+                          f"-c max_connections={self.max_connections}", "start")
 
     def stop(self, mode: str = "fast") -> None:
         self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
