@@ -68,20 +68,15 @@ def _from_store(text: str, args):
     from bpfcov.api import Coverage
     from bpfcov.data import store
     from bpfcov.fleet import schema
-    from bpfcov.fleet.connection import connect, errors_in_one_line, parse_store_url, redacted
+    from bpfcov.fleet.connection import parse_store_url, redacted
     from bpfcov.fleet.query import Selection, fleet_coverage, parse_since
     url = parse_store_url(text)
     if not url.is_postgresql:
         return Coverage(store.read(url.target))
     selection = Selection(args.build_id, parse_since(args.since, time.time()) if args.since else None,
                           tuple(args.host_label))
-    conn = connect(url)
-    try:
-        with errors_in_one_line(url):
-            schema.check(conn, redacted(url.target))
-            run = fleet_coverage(conn, selection)
-    finally:
-        conn.close()
+    with schema.opened(url) as conn:
+        run = fleet_coverage(conn, selection)
     if not run.objects:
         raise BpfcovError(f"{redacted(url.target)}: no build matches (build-id, hosts, --since)")
     return Coverage(run)

@@ -237,13 +237,8 @@ def push_file(url: StoreURL, run: RunCoverage, host: str | None) -> bool:
     # One past the file's own stamp: the run never sent a higher one (the file is written first).
     push = Push(PushKey(key.host, key.run_id, key.seq + 1), run.ended or time.time(), totals_of(run), run,
                 ended=True)
-    conn = connect(url)
-    try:
-        with errors_in_one_line(url):
-            schema.check(conn, redacted(url.target))
-            return apply(conn, push)
-    finally:
-        conn.close()
+    with schema.opened(url) as conn:
+        return apply(conn, push)
 
 
 # --- delivering pushes while tracing goes on ---------------------------------------------
@@ -271,12 +266,8 @@ class Pusher:
 
     def check(self) -> None:
         """Before anything is attached: the server answers, we may log in, the schema fits."""
-        conn = connect(self.url)
-        try:
-            with errors_in_one_line(self.url):
-                schema.check(conn, redacted(self.url.target))
-        finally:
-            conn.close()
+        with schema.opened(self.url):
+            pass
 
     def start(self) -> None:
         self._thread.start()

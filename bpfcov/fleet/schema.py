@@ -24,7 +24,10 @@ Tables (version 1):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from bpfcov.errors import BpfcovError
+from bpfcov.fleet.connection import StoreURL, connect, errors_in_one_line, redacted
 
 _LOCK = 0x62706663  # "bpfc": the advisory lock that serialises migrations
 
@@ -100,6 +103,19 @@ def check(conn, url: str) -> None:
     if version < VERSION:
         raise BpfcovError(f"{url} holds a store of schema {version}, older than this bpfcov's {VERSION}: "
                           f"migrate it with `bpfcov store init {url}`")
+
+
+@contextmanager
+def opened(url: StoreURL):
+    """A connection to a store this bpfcov can use, closed afterwards; the driver's errors
+    become one-line BpfcovErrors. For commands that talk to the store once and stop."""
+    conn = connect(url)
+    try:
+        with errors_in_one_line(url):
+            check(conn, redacted(url.target))
+            yield conn
+    finally:
+        conn.close()
 
 
 def check_within(cur) -> None:
