@@ -19,7 +19,7 @@ from test_reports import chromium
 from bpfcov.data import store
 from bpfcov.probes.index import index_object
 from bpfcov.prune import graph_cache
-from bpfcov.prune.graph import reference_graph
+from bpfcov.prune.graph_reader import reference_graph
 from bpfcov.report.formats.html import DATA_FILE, ROWS_SHOWN
 
 sys.path.insert(0, str(ROOT))
@@ -168,6 +168,23 @@ def test_a_cached_reference_graph_is_the_graph_and_a_damaged_entry_is_rebuilt(tm
         f.write(b"\xff" * 64)
     assert graph_cache.load(key, path) is None
     assert not os.path.exists(entry)  # deleted, to be rebuilt
+
+
+def test_a_warm_report_matches_the_cold_one_without_loading_the_code_readers(big_report, tmp_path):
+    """The run's report read the binary's code (cold); a report after it takes the graph
+    from the cache, must give every function the same plan, and must not import capstone
+    or pyelftools: their imports were a tenth of a warm report's time."""
+    folder, out = big_report
+    env = dict(os.environ, XDG_CACHE_HOME=str(folder / "cache"))
+    script = ("import sys; from bpfcov.cli import main; code = main(sys.argv[1:]); "
+              "print(sorted(m for m in ('capstone', 'elftools') if m in sys.modules)); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", script, "report", str(out / "bpfcov.db"), "-o", str(tmp_path),
+                             "--source-root", str(folder)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    warm = json.loads((tmp_path / "coverage.json").read_text())
+    assert warm == json.loads((out / "coverage.json").read_text())
+    assert sum(f["prune"] is not None for f in warm["objects"][0]["functions"]) > FUNCTIONS // 2
 
 
 def test_coverage_json_written_record_by_record_is_as_dict(big_report):

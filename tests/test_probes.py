@@ -13,6 +13,8 @@ import subprocess
 import pytest
 from conftest import bpfcov, target
 
+from bpfcov.errors import BpfcovError
+from bpfcov.probes.build_id import build_id_of
 from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.index import index_object
 from bpfcov.probes.insn import find_probe_site, kernel_refusal, refusal
@@ -260,6 +262,50 @@ def test_symbols_table(tmp_path):
     out = bpfcov("symbols", target("O0", "inventory")).stdout
     assert "inv::make_items()" in out
     assert "functions" in out.splitlines()[-1]
+
+
+# -- build-id, read without pyelftools -------------------------------------------------
+
+def readelf_build_id(path: str) -> str | None:
+    notes = subprocess.run(["readelf", "--notes", "--wide", path], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"Build ID: ([0-9a-f]+)", notes)
+    return found.group(1) if found else None
+
+
+def test_build_id_of_equals_readelf_on_real_objects():
+    """glibc, libstdc++, the Python interpreter and the sqlite workload; and the
+    interpreter's separate debug file (python3.11-dbg), which carries the same build-id."""
+    python = os.path.realpath("/usr/bin/python3.11")
+    libstdcxx = os.path.realpath(subprocess.run(["g++", "-print-file-name=libstdc++.so.6"], capture_output=True,
+                                                text=True, check=True).stdout.strip())
+    objects = [os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6"), libstdcxx, python, target("sqlite", "workload")]
+    for path in objects:
+        assert build_id_of(path) == readelf_build_id(path), path
+        with ElfObject(path) as obj:
+            assert obj.build_id() == build_id_of(path), path
+    assert None not in {build_id_of(p) for p in objects}
+    assert len({build_id_of(p) for p in objects}) == len(objects)  # each its own: not one note read for all
+    python_id = build_id_of(python)
+    assert python_id is not None
+    debug_file = f"/usr/lib/debug/.build-id/{python_id[:2]}/{python_id[2:]}.debug"
+    assert build_id_of(debug_file) == readelf_build_id(debug_file) == python_id
+
+
+def test_build_id_of_a_binary_linked_without_one_is_none(tmp_path):
+    source = tmp_path / "main.c"
+    source.write_text("int main(void) { return 0; }\n")
+    binary = tmp_path / "no-build-id"
+    subprocess.run(["gcc", "-Wl,--build-id=none", "-o", binary, source], check=True)
+    assert readelf_build_id(str(binary)) is None
+    assert build_id_of(str(binary)) is None
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not ELF", "32-bit"])
+def test_build_id_of_bad_input_is_one_bpfcov_error(tmp_path, case):
+    path, _ = bad_inputs(tmp_path)[case]
+    with pytest.raises(BpfcovError) as failure:
+        build_id_of(path)
+    assert str(failure.value).startswith(path) and "\n" not in str(failure.value)
 
 
 # -- bad input ---------------------------------------------------------------------------

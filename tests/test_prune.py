@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpfcov.prune.dominators import dominator_tree
-from bpfcov.prune.graph import _relr_locations
+from bpfcov.prune.graph_reader import _relr_locations
 
 SECTIONS = BUILD / "sections"
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"

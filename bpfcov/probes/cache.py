@@ -14,11 +14,14 @@ import hashlib
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bpfcov.probes.elf import ElfObject
 from bpfcov.probes.model import LineTable, ObjectIndex, function_from_record, function_record
+
+if TYPE_CHECKING:  # a report reads graphs through this module's cache and must not load pyelftools
+    from bpfcov.probes.elf import ElfObject
 
 # 3: probe sites follow the kernel's own instruction rules (VEX, EVEX, 66-prefixed branches),
 # and avoid VEX instructions the kernel would misemulate. 4: functions as probes/model.py records them.

@@ -9,7 +9,8 @@ offset (`.rodata+0x40`).
 from __future__ import annotations
 
 from bpfcov.probes.model import ObjectIndex
-from bpfcov.prune.graph import ReferenceGraph, reference_graph
+from bpfcov.prune.graph import ReferenceGraph
+from bpfcov.prune.graph_reader import reference_graph
 
 _PASSAGES = ("plt", "got")
 
