@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bpfcov.data.status import Status
-from bpfcov.probes.model import ObjectIndex, ProbeStatus
+from bpfcov.probes.model import Function, ObjectIndex, ProbeStatus
 
 
 @dataclass
@@ -75,12 +75,21 @@ class ObjectCoverage:
         return int(self.executed_counts()[i])
 
     def function_status(self, i: int) -> Status:
-        f = self.index.functions[i]
-        if self.call_counts()[i] > 0 or (self.inlined_counts is not None and self.inlined_counts[i] > 0):
-            return Status.HIT
-        if f.probe is ProbeStatus.NO_CODE:
-            return Status.NO_CODE
-        return Status.UNHIT if f.fully_measured else Status.UNMEASURED
+        ran = self.call_counts()[i] > 0 or (self.inlined_counts is not None and self.inlined_counts[i] > 0)
+        return _status(bool(ran), self.index.functions[i])
+
+    def function_statuses(self) -> list[Status]:
+        """function_status of every function, at once: a report needs them all."""
+        ran = ((self.call_counts() > 0) | (self.inlined() > 0)).tolist()
+        return [_status(r, f) for r, f in zip(ran, self.index.functions)]
+
+
+def _status(ran: bool, f: Function) -> Status:
+    if ran:
+        return Status.HIT
+    if f.probe is ProbeStatus.NO_CODE:
+        return Status.NO_CODE
+    return Status.UNHIT if f.fully_measured else Status.UNMEASURED
 
 
 @dataclass

@@ -97,9 +97,6 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
     wanted_names = name_filter(options.include, options.exclude)
     filtered = bool(options.include or options.exclude)
 
-    def wanted(row: FunctionRow) -> bool:
-        return not filtered or wanted_names(row.name, row.display_name)
-
     path_of: dict[str | None, str | None] = {}  # a file's path as reported: few files, many functions
 
     def reported_path(path: str | None) -> str | None:
@@ -119,7 +116,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
             line_rows = _line_counts(index.lines, obj.line_counts, options)
         executed, inlined, first_hits = (a.tolist() for a in (obj.executed_counts(), obj.inlined(),
                                                               obj.first_hit_ns()))  # data/model.py
-        statuses = [obj.function_status(fi) for fi in range(len(index.functions))]
+        statuses = obj.function_statuses()
         fleet = obj.fleet
         for fi, f in enumerate(index.functions):
             count = executed[fi]
@@ -134,7 +131,7 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
                 row.hosts = int(fleet.hosts[fi])
                 row.first_executed = float(fleet.first_executed[fi]) or None
                 row.last_executed = float(fleet.last_executed[fi]) or None
-            if not wanted(row):
+            if filtered and not wanted_names(row.name, row.display_name):
                 continue
             rows.append(row)
             totals.functions += 1
@@ -147,7 +144,9 @@ def build_report(run: RunCoverage, options: ReportOptions | None = None, *, plan
             else:
                 totals.dead_bytes += row.own_bytes
             if row.file is not None and row.line is not None and status not in ("unmeasured", "no-code"):
-                source = files.setdefault(row.file, SourceFile(row.file, f.file or row.file))
+                source = files.get(row.file)
+                if source is None:
+                    source = files[row.file] = SourceFile(row.file, f.file or row.file)
                 source.functions.append(row)
                 if index.build_id and index.build_id not in source.build_ids:
                     source.build_ids.append(index.build_id)

@@ -22,6 +22,7 @@ side by side (report/writers.py).
 from __future__ import annotations
 
 import datetime
+import functools
 import html
 import json
 import os
@@ -377,6 +378,7 @@ def _cut_view(cut, row_of: dict[int, FunctionRow]) -> CutView:
                    max(0, len(cluster) - MAX_CLUSTER_SHOWN))
 
 
+@functools.cache
 def environment():
     import jinja2  # here: the command line lists the formats without loading jinja2
     folder = resources.files("bpfcov.templates")
@@ -421,6 +423,9 @@ class HtmlReporter(Reporter):
             part.work()
 
     def parts(self, report: Report, folder: str, context: WriteContext) -> list[Part]:
+        # Compiled before the parts are forked, so that each child inherits them ready.
+        for template in ("index.html", "file.html"):
+            environment().get_template(template)
         # The source pages and the index take about as long, and only the index shows the plan.
         return [Part("writing the source pages", False, lambda: write_source_pages(report, folder, context.sources)),
                 Part("writing the HTML index", True, lambda: write_index(report, folder))]
