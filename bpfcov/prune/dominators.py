@@ -36,6 +36,9 @@ def _reverse_postorder(successors: Sequence, start: int) -> list[int]:
         for child in children:
             if child not in seen:
                 seen.add(child)
+                if not successors[child]:  # a leaf (most functions of a big object): done at once
+                    postorder.append(child)
+                    continue
                 stack.append((child, iter(successors[child])))
                 break
         else:
@@ -67,10 +70,24 @@ def dominator_tree(successors: Sequence, start: int) -> DominatorTree:
                 b = dom[b]
         return a
 
+    # The first pass in reverse postorder settles every node with one predecessor (that
+    # predecessor comes first, so it is settled too): later passes revisit only the joins.
+    joins = []
+    for node in order[1:]:
+        preds = predecessors[node]
+        if len(preds) == 1:
+            dom[node] = preds[0]
+            continue
+        joins.append(node)
+        new = -1
+        for p in preds:
+            if dom[p] != -1:
+                new = p if new == -1 else intersect(p, new)
+        dom[node] = new
     changed = True
     while changed:
         changed = False
-        for node in order[1:]:
+        for node in joins:
             new = -1
             for p in predecessors[node]:
                 if dom[p] != -1:

@@ -41,26 +41,27 @@ def _sources(graph: ReferenceGraph, members: np.ndarray, referrers: list[set[int
     """Nodes of `members` from which every member can be reached inside `members`: those
     nothing inside refers to, then one node of each cycle nothing outside it leads into."""
     inside = np.flatnonzero(members).tolist()
-    starts = [n for n in inside if not any(members[r] for r in referrers[n])]
-    seen = np.zeros(len(graph.nodes), dtype=bool)
-    restricted = [[t for t in targets if members[t]] for targets in graph.refs]
+    member = members.tolist()  # lists in the loops: a numpy element costs ten times a list's
+    starts = [n for n in inside if not any(member[r] for r in referrers[n])]
+    seen = [False] * len(graph.nodes)
 
-    def visit(n: int) -> None:
-        stack = [n]
-        seen[n] = True
+    def visit(firsts: list[int]) -> None:
+        """Mark what `firsts` reach inside `members`: one walk for all of them, as most
+        members of a big object's unreached part are lone functions."""
+        stack = list(firsts)
+        for n in stack:
+            seen[n] = True
         while stack:
-            for t in restricted[stack.pop()]:
-                if not seen[t]:
+            for t in graph.refs[stack.pop()]:
+                if member[t] and not seen[t]:
                     seen[t] = True
                     stack.append(t)
 
-    for n in starts:
-        if not seen[n]:
-            visit(n)
+    visit(starts)
     for n in inside:
         if not seen[n]:
             starts.append(n)
-            visit(n)
+            visit([n])
     return starts
 
 
@@ -134,8 +135,11 @@ def prune_plan(graph: ReferenceGraph, statuses: Sequence[str], names: Sequence[s
             fi = function_of[root]
             if len(members) > 1:
                 members.sort(key=lambda m: (m != root, -graph.nodes[m].size))
-            refs = sorted(referrers[root], key=lambda r: (not live_[r], graph.nodes[r].name))
-            shown = [names[function_of[r]] if r in function_of else graph.nodes[r].name for r in refs[:MAX_REFERRERS]]
+            refs, shown = [], []
+            if referrers[root]:  # most never-executed functions of a big object: nothing refers to them
+                refs = sorted(referrers[root], key=lambda r: (not live_[r], graph.nodes[r].name))
+                shown = [names[function_of[r]] if r in function_of else graph.nodes[r].name
+                         for r in refs[:MAX_REFERRERS]]
             cuts.append(Cut(fi, prune[fi].klass, bytes_of[root], [function_of[m] for m in members],
                             shown, len(refs), graph.roots.get(root)))
     cuts.sort(key=lambda c: (-c.retained_bytes, names[c.function]))
