@@ -70,28 +70,28 @@ def dominator_tree(successors: Sequence, start: int) -> DominatorTree:
                 b = dom[b]
         return a
 
+    def meet(node: int) -> int:
+        """The nearest common dominator of `node`'s predecessors settled so far."""
+        new = -1
+        for p in predecessors[node]:
+            if dom[p] != -1:
+                new = p if new == -1 else intersect(p, new)
+        return new
+
     # The first pass in reverse postorder settles every node with one predecessor (that
     # predecessor comes first, so it is settled too): later passes revisit only the joins.
     joins = []
     for node in order[1:]:
-        preds = predecessors[node]
-        if len(preds) == 1:
-            dom[node] = preds[0]
-            continue
-        joins.append(node)
-        new = -1
-        for p in preds:
-            if dom[p] != -1:
-                new = p if new == -1 else intersect(p, new)
-        dom[node] = new
+        if len(predecessors[node]) == 1:
+            dom[node] = predecessors[node][0]
+        else:
+            joins.append(node)
+            dom[node] = meet(node)
     changed = True
     while changed:
         changed = False
         for node in joins:
-            new = -1
-            for p in predecessors[node]:
-                if dom[p] != -1:
-                    new = p if new == -1 else intersect(p, new)
+            new = meet(node)
             if new != dom[node]:
                 dom[node] = new
                 changed = True
